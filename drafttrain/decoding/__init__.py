@@ -1,0 +1,1 @@
+"""Decoding: sampling math, lossless verification, and the speculative decode loop."""

@@ -1,0 +1,161 @@
+"""The speculative decoder: draft, verify in one target forward, keep the accepted path, repeat.
+
+Readable top to bottom (gpt-fast style). The target's static KV cache holds every committed token
+but the newest, the root of the next draft tree; one target forward over the root and the tree
+(ancestor-only mask, depth-based positions) scores every draft token, verification picks the
+accepted path and the next token, and the cache keeps only that path. Plain autoregressive
+decoding (`drafter=None`) is the same loop with an empty tree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from drafttrain.decoding.sampling import SamplingParams, logits_to_probs
+from drafttrain.decoding.stats import RunStats
+from drafttrain.decoding.stopping import StopChecker
+from drafttrain.decoding.verify import verify_greedy, verify_sampling
+from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
+from drafttrain.errors import DrafttrainError
+from drafttrain.runtime.cache import KVCache, tree_mask, tree_positions
+from drafttrain.runtime.model import Transformer
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    shape: TreeShape | None = None  # the draft tree asked of the drafter each step
+    eos_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise DrafttrainError(f"max_new_tokens={self.max_new_tokens} is invalid: use a positive integer")
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # the new tokens only
+    stats: RunStats
+
+
+class SpeculativeDecoder:
+    """Decodes with a runtime `Transformer` target and any `Drafter` (or none: autoregressive)."""
+
+    def __init__(self, target: Transformer, tokenizer=None) -> None:
+        self.target = target
+        self.tokenizer = tokenizer
+        self.cache: KVCache | None = None
+
+    def check_length(self, prompt_len: int, max_new_tokens: int, drafter: Drafter | None = None) -> None:
+        """A clear error, before any work, when the sequence cannot fit the model's window."""
+        if prompt_len == 0:
+            raise DrafttrainError("the prompt is empty: give at least one token")
+        window = self.target.args.max_position_embeddings
+        limits = [("the target", window)]
+        if self.target.args.sliding_window:
+            limits.append(("the target's sliding window", self.target.args.sliding_window))
+        if drafter is not None and getattr(drafter, "max_positions", None):
+            limits.append((f"drafter {drafter.name}", drafter.max_positions))
+        for what, limit in limits:
+            if prompt_len + max_new_tokens > limit:
+                raise DrafttrainError(
+                    f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+                    f"{prompt_len + max_new_tokens} exceeds {what}'s window of {limit} tokens; "
+                    "shorten the prompt or lower max_new_tokens")
+
+    def _prepare_cache(self, needed: int) -> KVCache:
+        if self.cache is None or self.cache.max_len < needed:
+            self.cache = self.target.new_cache(needed)
+        self.cache.reset()
+        return self.cache
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,
+                 config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+        device = self.target.device
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
+        self.check_length(len(prompt), config.max_new_tokens, drafter)
+        if drafter is not None and config.shape is None:
+            raise DrafttrainError(f"drafter {drafter.name} needs a draft shape (k or tree) in the config")
+        tree_nodes = config.shape.num_nodes if drafter is not None else 0
+        total = len(prompt) + config.max_new_tokens
+        cache = self._prepare_cache(total + tree_nodes + 1)
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        stop = StopChecker(config.max_new_tokens, config.eos_token_ids, config.stop_strings, self.tokenizer)
+        stats = RunStats()
+        ids = torch.empty(total + tree_nodes + 1, dtype=torch.long, device=device)
+        ids[:len(prompt)] = prompt
+        length = len(prompt)  # committed tokens; the last one is not in the cache yet
+        if drafter is not None:
+            drafter.reset()
+
+        started = time.perf_counter()
+        self._prefill(prompt, cache, stats)
+        while not stop.done:
+            t_draft = time.perf_counter()
+            shape = _clip_shape(config.shape, stop.remaining - 1) if drafter is not None else None
+            tree = drafter.propose(ids[:length], shape, config.sampling, generator) if shape else DraftTree.empty(device)
+            t_verify = _sync_time(device)
+            path, next_token = self._verify(ids[length - 1], tree, cache, config.sampling, generator)
+            stats.verify_seconds += _sync_time(device) - t_verify
+            stats.draft_seconds += t_verify - t_draft
+            if shape:
+                drafter.observe(tree, path)
+            stats.record_step(drafter.name if shape else None, tree.depths(), len(path))
+            for token in tree.tokens[path].tolist() + [next_token]:
+                ids[length] = token
+                length += 1
+                if stop.feed(token):
+                    break
+        stats.total_seconds = time.perf_counter() - started
+        stats.new_tokens = len(stop.tokens)
+        return GenerationResult(stop.tokens, stats)
+
+    def _prefill(self, prompt: torch.Tensor, cache: KVCache, stats: RunStats) -> None:
+        """Put every prompt token but the last into the cache (the last is the first root)."""
+        started = time.perf_counter()
+        if len(prompt) > 1:
+            self.target(prompt[:-1], torch.arange(len(prompt) - 1, device=prompt.device), cache, 0,
+                        logits_rows=None)
+            stats.prefill_forwards += 1
+        cache.length = len(prompt) - 1
+        stats.prefill_seconds += _sync_time(prompt.device) - started
+
+    def _verify(self, root: torch.Tensor, tree: DraftTree, cache: KVCache, sampling: SamplingParams,
+                generator: torch.Generator) -> tuple[list[int], int]:
+        """One target forward over root + tree; keeps the accepted path in the cache."""
+        start = cache.length
+        if len(tree) == 0:
+            logits = self.target(root[None], torch.tensor([start], device=root.device), cache, start)
+        else:
+            tokens = torch.cat((root[None], tree.tokens))
+            positions = tree_positions(start, tree.depths(), root.device)
+            mask = tree_mask(start, tree.parents, root.device)
+            logits = self.target(tokens, positions, cache, start, mask)
+        if sampling.greedy:
+            path, next_token = verify_greedy(tree, logits.argmax(dim=-1))
+        else:
+            path, next_token = verify_sampling(tree, logits_to_probs(logits, sampling), generator)
+        cache.keep_path(start + 1, [start + 1 + node for node in path])
+        cache.length = start + 1 + len(path)
+        return path, next_token
+
+
+def _clip_shape(shape: TreeShape, max_depth: int) -> TreeShape | None:
+    """The draft shape cut to the tokens still wanted (a step yields depth + 1 tokens at most)."""
+    if max_depth <= 0:
+        return None
+    return shape if shape.depth <= max_depth else TreeShape(shape.branching[:max_depth])
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

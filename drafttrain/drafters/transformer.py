@@ -1,0 +1,184 @@
+"""Drafters backed by a runtime transformer: a separate draft model, or a self-draft view.
+
+Both grow the requested tree level by level, one forward per level (the last level needs none):
+greedy takes each node's top-b tokens; sampling draws b tokens without replacement, recording for
+each the distribution it was drawn from, which keeps verification lossless.
+
+`ModelDrafter` owns a second model and its cache, and keeps the cache entries of accepted draft
+tokens. `SelfDrafter` runs a `SelfDraftView` of the target itself over the target's own cache:
+it reads the committed prefix and writes only scratch slots that the verify forward overwrites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from drafttrain.decoding.sampling import SamplingParams, logits_to_probs
+from drafttrain.drafters.base import DraftTree, TreeShape
+from drafttrain.errors import DrafttrainError
+from drafttrain.runtime.cache import KVCache, causal_mask, tree_mask
+from drafttrain.runtime.loader import load_model, load_tokenizer
+from drafttrain.runtime.model import Transformer
+from drafttrain.runtime.views import SelfDraftView
+
+
+def pick_children(probs: torch.Tensor, logits: torch.Tensor, count: int, sampling: SamplingParams,
+                  generator: torch.Generator | None) -> tuple[list[int], list[torch.Tensor]]:
+    """`count` child tokens of one node and, for each, the distribution it was drawn from."""
+    if sampling.greedy:
+        tokens = torch.topk(logits, count).indices.tolist()
+        return tokens, [probs] * len(tokens)
+    tokens, rows, remaining = [], [], probs
+    for _ in range(count):
+        token = int(torch.multinomial(remaining, 1, generator=generator))
+        tokens.append(token)
+        rows.append(remaining)
+        remaining = remaining.clone()
+        remaining[token] = 0.0
+        total = remaining.sum()
+        if total <= 0:
+            break
+        remaining = remaining / total
+    return tokens, rows
+
+
+class _TransformerDrafter:
+    """Shared tree-growing logic; subclasses say which model, cache and view to use."""
+
+    name = "transformer"
+    view: SelfDraftView | None = None
+
+    def __init__(self) -> None:
+        self._start = 0  # slot of the first tree node in the last propose
+        self._fed = 0  # tree nodes whose keys/values were computed in the last propose
+
+    def _model_and_cache(self) -> tuple[Transformer, KVCache, int]:
+        """The model, its cache and how many context tokens that cache already holds."""
+        raise NotImplementedError
+
+    def _vocab(self) -> int:
+        return self._model_and_cache()[0].args.vocab_size
+
+    def _distribution(self, logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+        return logits_to_probs(logits, sampling if not sampling.greedy else SamplingParams(1.0))
+
+    def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
+                generator: torch.Generator | None) -> DraftTree:
+        model, cache, cached = self._model_and_cache()
+        n_ctx = len(context)
+        feed = context[cached:]
+        mask = causal_mask(cached, len(feed), context.device) if len(feed) > 1 and cached > 0 else None
+        logits = model(feed, torch.arange(cached, n_ctx, device=context.device), cache, cached, mask,
+                       self.view, logits_rows=slice(-1, None))
+        tokens: list[int] = []
+        parents: list[int] = []
+        q_rows: list[torch.Tensor] = []
+        frontier = [-1]
+        self._start, self._fed = n_ctx, 0
+        for depth, branching in enumerate(shape.branching, start=1):
+            logits = _fit_vocab(logits, self._vocab())
+            probs = self._distribution(logits, sampling)
+            level_first = len(tokens)
+            for row, node in enumerate(frontier):
+                children, rows = pick_children(probs[row], logits[row], branching, sampling, generator)
+                tokens += children
+                parents += [node] * len(children)
+                q_rows += rows
+            frontier = list(range(level_first, len(tokens)))
+            if depth == shape.depth:
+                break
+            logits = self._forward_level(model, cache, context.device, tokens, parents, frontier, n_ctx + depth - 1)
+            self._fed = len(tokens)
+        return DraftTree(torch.tensor(tokens, dtype=torch.long, device=context.device), parents,
+                         torch.stack(q_rows))
+
+    def _forward_level(self, model: Transformer, cache: KVCache, device: torch.device, tokens: list[int],
+                       parents: list[int], level: list[int], position: int) -> torch.Tensor:
+        """Logits after each node of the newest level, whose slots follow the earlier nodes'."""
+        first, end = level[0], level[-1] + 1
+        is_chain = all(parent == i - 1 for i, parent in enumerate(parents))
+        mask = None if is_chain else tree_mask(self._start - 1, parents, device)[1 + first:1 + end]
+        level_tokens = torch.tensor(tokens[first:end], dtype=torch.long, device=device)
+        positions = torch.full((end - first,), position, dtype=torch.long, device=device)
+        return model(level_tokens, positions, cache, self._start + first, mask, self.view)
+
+    def observe(self, tree: DraftTree, accepted: list[int]) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+def _fit_vocab(logits: torch.Tensor, target_vocab: int) -> torch.Tensor:
+    """Draft logits cut or padded (with -inf) to the target's vocabulary size."""
+    vocab = logits.shape[-1]
+    if vocab == target_vocab:
+        return logits
+    if vocab > target_vocab:
+        return logits[..., :target_vocab]
+    pad = logits.new_full((*logits.shape[:-1], target_vocab - vocab), float("-inf"))
+    return torch.cat((logits, pad), dim=-1)
+
+
+class SelfDrafter(_TransformerDrafter):
+    """A self-draft view of the target, drafting over the decoder's own cache."""
+
+    def __init__(self, decoder, view: SelfDraftView, name: str = "self") -> None:
+        super().__init__()
+        view.check_layers(decoder.target.args.num_layers)
+        self.decoder, self.view, self.name = decoder, view, name
+
+    def _model_and_cache(self) -> tuple[Transformer, KVCache, int]:
+        cache = self.decoder.cache
+        return self.decoder.target, cache, cache.length
+
+
+class ModelDrafter(_TransformerDrafter):
+    """A separate small model with its own cache; accepted draft tokens keep their cache entries."""
+
+    def __init__(self, model: Transformer, target_vocab: int, name: str = "draft") -> None:
+        super().__init__()
+        self.model, self.name, self.target_vocab = model, name, target_vocab
+        self.max_positions = model.args.max_position_embeddings
+        self.cache = model.new_cache()
+        self.cached = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, target_tokenizer, target_vocab: int,
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> ModelDrafter:
+        check_same_tokenizer(load_tokenizer(path), target_tokenizer, str(path))
+        return cls(load_model(path, dtype, device), target_vocab, name=Path(path).name or "draft")
+
+    def _model_and_cache(self) -> tuple[Transformer, KVCache, int]:
+        return self.model, self.cache, self.cached
+
+    def _vocab(self) -> int:
+        return self.target_vocab
+
+    def reset(self) -> None:
+        self.cached = 0
+        self.cache.reset()
+
+    def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
+                generator: torch.Generator | None) -> DraftTree:
+        self.cached = min(self.cached, len(context) - 1)
+        return super().propose(context, shape, sampling, generator)
+
+    def observe(self, tree: DraftTree, accepted: list[int]) -> None:
+        """Keep the cache entries of accepted nodes that were fed through the draft model."""
+        kept = [node for node in accepted if node < self._fed]
+        self.cache.keep_path(self._start, [self._start + node for node in kept])
+        self.cached = self._start + len(kept)
+
+
+def check_same_tokenizer(draft_tokenizer, target_tokenizer, draft_source: str) -> None:
+    """Refuse a draft whose tokenizer maps any token differently from the target's."""
+    draft_vocab, target_vocab = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
+    if draft_vocab != target_vocab:
+        differing = sorted(set(draft_vocab.items()) ^ set(target_vocab.items()), key=str)[:3]
+        raise DrafttrainError(
+            f"draft {draft_source} uses a different tokenizer from the target "
+            f"({len(draft_vocab)} vs {len(target_vocab)} tokens; e.g. {differing}); a draft must "
+            "share the target's tokenizer: distill one with the target's tokenizer")

@@ -1,0 +1,72 @@
+"""A preallocated static KV cache with free rollback, and the attention masks that go with it.
+
+The cache holds one sequence. `length` counts committed tokens; anything written past it (draft
+tokens, a tree being verified) is scratch that the next write overwrites, so rejecting draft
+tokens costs nothing: the length is simply not advanced. After a tree is verified, `keep_path`
+moves the accepted nodes' entries into place.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, num_layers: int, num_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (num_layers, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [kv_heads, n, head_dim] at slots start .. start + n - 1."""
+        n = k.shape[1]
+        self.k[layer, :, start:start + n].copy_(k)
+        self.v[layer, :, start:start + n].copy_(v)
+
+    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots 0 .. end - 1, [kv_heads, end, head_dim] views."""
+        return self.k[layer, :, :end], self.v[layer, :, :end]
+
+    def keep_path(self, start: int, path_slots: list[int]) -> None:
+        """Move the entries at `path_slots` (in order) to start, start + 1, ... for all layers."""
+        if path_slots == list(range(start, start + len(path_slots))):
+            return
+        src = torch.tensor(path_slots, device=self.k.device)
+        dst = slice(start, start + len(path_slots))
+        self.k[:, :, dst] = self.k[:, :, src]
+        self.v[:, :, dst] = self.v[:, :, src]
+
+
+def causal_mask(start: int, n: int, device: torch.device | str) -> torch.Tensor:
+    """[n, start + n] bool: query i (at slot start + i) sees slots 0 .. start + i."""
+    cols = torch.arange(start + n, device=device)
+    rows = torch.arange(n, device=device)[:, None] + start
+    return cols[None, :] <= rows
+
+
+def tree_mask(start: int, parents: list[int], device: torch.device | str) -> torch.Tensor:
+    """Ancestor-only mask for a root token at slot `start` followed by tree nodes.
+
+    Query 0 is the root; query 1 + i is node i, whose parent is node parents[i] (-1: the root).
+    Every query sees the committed slots 0 .. start - 1, the root, its ancestors and itself.
+    Returns [1 + n, start + 1 + n] bool.
+    """
+    n = len(parents)
+    local = torch.eye(n + 1, dtype=torch.bool)
+    local[:, 0] = True
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            local[i + 1] |= local[parent + 1]
+    prefix = torch.ones(n + 1, start, dtype=torch.bool)
+    return torch.cat((prefix, local), dim=1).to(device)
+
+
+def tree_positions(start: int, depths: list[int], device: torch.device | str) -> torch.Tensor:
+    """Positions of the root (start) and of each tree node (start + its depth)."""
+    return torch.tensor([start] + [start + d for d in depths], dtype=torch.long, device=device)

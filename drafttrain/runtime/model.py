@@ -1,0 +1,163 @@
+"""The decoding transformer: Llama/Qwen2/Mistral blocks over a static KV cache (gpt-fast style).
+
+One `forward` serves every use: prefill, single-token decode, chain and tree verification, and
+self-draft views. The caller says where the new tokens sit (`positions` for RoPE, `start` for the
+cache slots) and which earlier slots each may see (`mask`); q/k/v and gate/up projections are
+fused so a decode step issues few kernels. Batch size is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drafttrain.runtime.cache import KVCache
+from drafttrain.runtime.rope import RopeScaling, apply_rope, inverse_frequencies, rope_tables
+from drafttrain.runtime.views import SelfDraftView, fake_quant
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: RopeScaling
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    sliding_window: int | None = None
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, as `transformers` does, then scaled in the model dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tensor:
+    return layer(fake_quant(x, quant) if quant else x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        q_size, kv_size = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.wqkv = nn.Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.qkv_bias)
+        self.wo = nn.Linear(q_size, args.hidden_size, bias=args.o_bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                layer: int, start: int, mask: torch.Tensor | None, quant: str | None) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = _linear(x, self.wqkv, quant).split(self.split, dim=-1)
+        q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        cache.write(layer, start, k.transpose(0, 1), v.view(n, self.num_kv_heads, self.head_dim).transpose(0, 1))
+        keys, values = cache.read(layer, start + n)
+        causal_from_zero = mask is None and n > 1
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], keys[None], values[None],
+            attn_mask=None if mask is None else mask[None, None],
+            is_causal=causal_from_zero, enable_gqa=self.num_heads != self.num_kv_heads)
+        return _linear(out[0].transpose(0, 1).reshape(n, -1), self.wo, quant)
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.intermediate = args.intermediate_size
+        self.w13 = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=args.mlp_bias)
+        self.w2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=args.mlp_bias)
+
+    def forward(self, x: torch.Tensor, quant: str | None) -> torch.Tensor:
+        gate, up = _linear(x, self.w13, quant).split(self.intermediate, dim=-1)
+        return _linear(F.silu(gate) * up, self.w2, quant)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.attn = Attention(args)
+        self.post_attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = MLP(args)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._init_rope()
+
+    def _init_rope(self, device: torch.device | str | None = None) -> None:
+        """(Re)build the float32 RoPE tables, e.g. after loading weights onto a device."""
+        args = self.args
+        cos, sin = rope_tables(args.max_position_embeddings,
+                               inverse_frequencies(args.head_dim, args.rope_theta, args.rope_scaling))
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        args = self.args
+        return KVCache(args.num_layers, args.num_kv_heads, max_len or args.max_position_embeddings,
+                       args.head_dim, self.dtype, self.device)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                mask: torch.Tensor | None = None, view: SelfDraftView | None = None,
+                logits_rows: slice | torch.Tensor | None = slice(None)) -> torch.Tensor | None:
+        """Run `tokens` [n], writing their keys/values at cache slots start .. start + n - 1.
+
+        positions: [n] RoPE positions. mask: [n, start + n] bool of the slots each token may see;
+        None means causal over slots 0 .. start + n - 1 (n == 1, or a prefill from slot 0).
+        Returns float32 logits [rows, vocab] for `logits_rows` of the new tokens (None: no logits).
+        """
+        if mask is None and tokens.shape[0] > 1 and start > 0:
+            raise ValueError("a multi-token forward after slot 0 needs an explicit mask")
+        cos = self.rope_cos[positions].to(self.dtype)[:, None, :]
+        sin = self.rope_sin[positions].to(self.dtype)[:, None, :]
+        x = self.embed(tokens)
+        for index, block in enumerate(self.layers):
+            quant = view.quant_for(index) if view is not None else None
+            if view is None or index not in view.skip_attn:
+                x = x + block.attn(block.input_norm(x), cos, sin, cache, index, start, mask, quant)
+            if view is None or index not in view.skip_mlp:
+                x = x + block.mlp(block.post_attn_norm(x), quant)
+        if logits_rows is None:
+            return None
+        return self.lm_head(self.norm(x[logits_rows])).float()
