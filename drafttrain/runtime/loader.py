@@ -23,9 +23,12 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DrafttrainError(f"{path} is missing: a Hugging Face checkpoint directory needs it")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DrafttrainError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DrafttrainError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _field(config: dict, key: str, source: Path, default=None):

@@ -74,10 +74,11 @@ class SelfDraftView:
 
 def parse_self_spec(text_or_path: str) -> SelfDraftView:
     """A view from a JSON file path or an inline JSON object."""
+    inline = text_or_path.lstrip().startswith("{")
     path = Path(text_or_path)
-    source = str(path) if path.suffix == ".json" or path.exists() else "--self-spec"
+    source = "--self-spec" if inline else str(path)
     try:
-        raw = path.read_text() if source != "--self-spec" else text_or_path
+        raw = text_or_path if inline else path.read_text()
         data = json.loads(raw)
     except FileNotFoundError as err:
         raise DrafttrainError(f"self-draft spec file {path} does not exist") from err

@@ -1,0 +1,103 @@
+"""Shared test fixtures: tiny random HF checkpoints (Llama, Qwen2, Mistral) and a tiny tokenizer.
+
+Everything is built in the test session (random weights, a few layers, a small vocabulary) and
+saved with `save_pretrained`, so the runtime's real loading code is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "for i in range(10):\n    print(i)\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "import os\nimport sys\n\nif __name__ == '__main__':\n    main()\n",
+] * 20
+
+EOS = "<|endoftext|>"
+
+
+def make_tokenizer(out_dir: Path, vocab_size: int = 300, extra_text: str = ""):
+    """A byte-level BPE tokenizer trained on a small code corpus, saved to `out_dir`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(TINY_CORPUS + [extra_text])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def hf_config(family: str, vocab_size: int, **overrides):
+    """A tiny transformers config of `family`: GQA everywhere, family-specific extras."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, initializer_range=0.2, bos_token_id=0, eos_token_id=0,
+                  pad_token_id=0)
+    if family == "llama":
+        common.update(tie_word_embeddings=False, attention_bias=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        cls = LlamaConfig
+    elif family == "qwen2":
+        common.update(tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        cls = Qwen2Config
+    elif family == "mistral":
+        common.update(tie_word_embeddings=False, sliding_window=4096)
+        cls = MistralConfig
+    else:
+        raise ValueError(family)
+    common.update(overrides)
+    return cls(**common)
+
+
+def make_checkpoint(out_dir: Path, family: str = "llama", seed: int = 0, tokenizer_dir: Path | None = None,
+                    vocab_size: int = 300, perturb_from: Path | None = None, noise: float = 0.0,
+                    **overrides) -> Path:
+    """Save a random tiny model of `family` (and a tokenizer) with `save_pretrained`.
+
+    With `perturb_from`, start from that checkpoint's weights and add Gaussian noise: a draft
+    that agrees with the target often but not always.
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if perturb_from is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(perturb_from), dtype=torch.float32)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(noise * torch.randn_like(param))
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config(family, vocab_size, **overrides))
+    model.save_pretrained(str(out_dir))
+    if tokenizer_dir is None:
+        make_tokenizer(out_dir, vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out_dir))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tmp_path_factory) -> Path:
+    """A tiny random Llama target with its tokenizer."""
+    return make_checkpoint(tmp_path_factory.mktemp("target"), "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(tmp_path_factory, tiny_target) -> Path:
+    """The target with noisy weights: agrees with the target often, not always."""
+    return make_checkpoint(tmp_path_factory.mktemp("draft"), seed=1, tokenizer_dir=tiny_target,
+                           perturb_from=tiny_target, noise=0.05)
