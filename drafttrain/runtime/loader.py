@@ -176,3 +176,15 @@ def load_tokenizer(path: str | Path):
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise DrafttrainError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def eos_token_ids(path: str | Path, tokenizer=None) -> tuple[int, ...]:
+    """End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's."""
+    path = Path(path)
+    for name in ("generation_config.json", "config.json"):
+        if (path / name).is_file():
+            eos = _read_json(path / name).get("eos_token_id")
+            if eos is not None:
+                return tuple(eos) if isinstance(eos, list) else (int(eos),)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return () if eos is None else (int(eos),)

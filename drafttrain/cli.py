@@ -1,0 +1,124 @@
+"""The `drafttrain` command line: one verb per workflow, each landing when it works.
+
+Flags of a verb are generated from its config dataclass (one source of truth): every field is a
+`--flag`, `--config FILE` loads a YAML file, and trailing `key=value` arguments override either.
+User errors print one clear line and exit with status 2; a lossless check that fails exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shlex
+import sys
+import types
+import typing
+from pathlib import Path
+
+from drafttrain import __version__
+from drafttrain.config import load_config
+from drafttrain.errors import DrafttrainError
+from drafttrain.evaluation.config import EvalConfig
+
+
+def _field_type(cls: type, name: str):
+    """The field's type with Optional stripped (list[int] | None -> list[int])."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """A --flag for every field of `cls`, plus --config FILE and trailing key=value overrides."""
+    parser.add_argument("--config", type=Path, help="YAML config file (flags and key=value override it)")
+    for spec in dataclasses.fields(cls):
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        if isinstance(default, list):
+            default = ",".join(map(str, default)) or "none"
+        parser.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, default=argparse.SUPPRESS,
+                            metavar=spec.name.upper(), help=f"{spec.metadata.get('help', '')} (default: {default})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key")
+
+
+def flags_to_overrides(args: argparse.Namespace, cls: type) -> list[str]:
+    """The given --flags as key=value overrides typed by their field; lists are comma-separated."""
+    overrides = []
+    for spec in dataclasses.fields(cls):
+        if spec.name not in vars(args):
+            continue
+        value, kind = getattr(args, spec.name), _field_type(cls, spec.name)
+        if value.lower() in ("none", "null"):
+            overrides.append(f"{spec.name}=null")
+        elif typing.get_origin(kind) is list:
+            items = [item for item in value.split(",") if item]
+            element = typing.get_args(kind)[0]
+            overrides.append(f"{spec.name}=" + (json.dumps(items) if element is str else f"[{','.join(items)}]"))
+        elif kind in (int, float, bool):
+            overrides.append(f"{spec.name}={value}")
+        else:  # str, Path, Literal of strings: keep the text as given
+            overrides.append(f"{spec.name}={json.dumps(value)}")
+    return overrides + list(args.overrides)
+
+
+def device_name(device: str, threads: int) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
+    return (f"cpu {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads "
+            f"(torch {torch.__version__})")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.list_methods:
+        from drafttrain.evaluation.methods import METHODS
+
+        for name, spec in METHODS.items():
+            print(f"{name:14s} {spec.about}")
+        return 0
+    config = load_config(EvalConfig, args.config, flags_to_overrides(args, EvalConfig))
+    from drafttrain.evaluation.harness import run_methods
+    from drafttrain.evaluation.plots import write_plots
+    from drafttrain.evaluation.report import build_report, report_markdown, write_report
+
+    context, prompts, runs = run_methods(config, progress=sys.stderr.isatty())
+    command = "drafttrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = build_report(config, device_name(config.device, config.threads), len(prompts), runs, command)
+    write_report(report, config.out)
+    write_plots(report, config.out)
+    print(report_markdown(report))
+    print(f"report written to {config.out}/report.json, report.md and speedup.png")
+    broken = [name for name, entry in report["methods"].items() if entry["lossless"] is False]
+    if broken:
+        print(f"error: not lossless (output differs from ar under greedy decoding): {broken}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drafttrain", description=(
+        "Train and tune draft hierarchies and schedulers for lossless speculative decoding."))
+    parser.add_argument("--version", action="version", version=f"drafttrain {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    evaluate = verbs.add_parser("eval", help="compare decoding methods side by side (speed, losslessness)",
+                                description="Run decoding methods on a prompt set, interleaved per prompt, "
+                                "and write report.json, report.md and speedup.png.")
+    evaluate.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    add_config_flags(evaluate, EvalConfig)
+    evaluate.set_defaults(run=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DrafttrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`EvalConfig`: every setting of `drafttrain eval`, loaded from YAML, flags or key=value overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from drafttrain.errors import DrafttrainError
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class EvalConfig:
+    target: Path | None = _help("target model: a Hugging Face checkpoint directory", default=None)
+    prompts: Path | None = _help('prompt set: JSONL with one {"id", "prompt"} object per line', default=None)
+    methods: list[str] = _help("methods to compare, comma-separated (see `drafttrain eval --list-methods`)",
+                               default_factory=lambda: ["ar", "hf", "sd-ngram"])
+    out: Path = _help("output directory for report.json, report.md and plots", default=Path("outputs/eval"))
+    max_new_tokens: int = _help("new tokens per prompt", default=128)
+    num_prompts: int = _help("evaluate only the first N prompts (0: all)", default=0)
+    draft: Path | None = _help("draft model directory (sd-draft, hf-assisted)", default=None)
+    self_spec: str | None = _help("self-draft view for sd-self: a JSON file or inline JSON", default=None)
+    temperature: float = _help("0 for greedy; > 0 samples (lossless by rejection sampling)", default=0.0)
+    top_k: int = _help("top-k filter when sampling (0: off)", default=0)
+    top_p: float = _help("nucleus filter when sampling (1: off)", default=1.0)
+    seed: int = _help("base seed; prompt i uses seed + i", default=0)
+    k_draft: int = _help("draft length of sd-draft", default=4)
+    k_self: int = _help("draft length of sd-self", default=3)
+    k_ngram: int = _help("draft length of sd-ngram", default=8)
+    tree: list[int] | None = _help("static tree branching for sd-draft and sd-self, e.g. 2,2,1 "
+                                   "(default: a chain of k tokens)", default=None)
+    ngram_table: Path | None = _help("bigram fallback table (.json or .safetensors) for sd-ngram", default=None)
+    pld_tokens: int = _help("prompt_lookup_num_tokens for hf-pld", default=10)
+    stop_strings: list[str] = _help("stop generation at any of these strings", default_factory=list)
+    dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
+    device: str = _help("torch device: cpu, cuda, cuda:1, ...", default="cpu")
+    threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
+    warmup: bool = _help("run every method once on the first prompt before measuring", default=True)
+
+    def __post_init__(self) -> None:
+        from drafttrain.evaluation.methods import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise DrafttrainError(f"methods: unknown method(s) {unknown}; available: {sorted(METHODS)}")
+        if not self.methods:
+            raise DrafttrainError("methods: give at least one method, e.g. methods=[ar,sd-ngram]")
+        for name in self.methods:
+            for needed in METHODS[name].needs:
+                if getattr(self, needed) is None:
+                    raise DrafttrainError(f"method {name} needs `{needed}`; set --{needed.replace('_', '-')}")
+        for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens"):
+            if getattr(self, name) <= 0:
+                raise DrafttrainError(f"{name}={getattr(self, name)} is invalid: it must be a positive integer")
+
+    def require_inputs(self) -> None:
+        """Check the settings a run needs (not needed merely to load or validate a config)."""
+        for name in ("target", "prompts"):
+            if getattr(self, name) is None:
+                raise DrafttrainError(f"`{name}` is not set: pass --{name} (or set it in the YAML config)")

@@ -1,0 +1,177 @@
+"""The method table of `drafttrain eval`: each method turns prompt token ids into new token ids.
+
+Our engine's methods (`ar`, `sd-*`) and the `transformers` peers (`hf`, `hf-assisted`,
+`hf-pld`) share one interface so the harness can interleave them. Add a method by writing a
+builder and registering it with `@method(name, needs=...)`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Protocol
+
+import torch
+
+from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.decoding.stats import RunStats
+from drafttrain.drafters import BigramTable, Drafter, ModelDrafter, NgramDrafter, SelfDrafter, TreeShape
+from drafttrain.runtime import load_model, load_tokenizer
+from drafttrain.runtime.loader import eos_token_ids
+from drafttrain.runtime.views import parse_self_spec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class MethodOutput:
+    tokens: list[int]
+    seconds: float
+    prefill_seconds: float | None  # known for our engine's methods only
+    stats: RunStats | None
+
+
+class Method(Protocol):
+    def run(self, prompt_ids: list[int], seed: int) -> MethodOutput: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable[["EvalContext"], Method]
+    needs: tuple[str, ...]  # EvalConfig fields the method requires
+    engine: bool  # runs in drafttrain's engine (lossless by construction)
+    about: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def method(name: str, about: str, needs: tuple[str, ...] = (), engine: bool = True):
+    def register(build: Callable[["EvalContext"], Method]):
+        METHODS[name] = MethodSpec(build, needs, engine, about)
+        return build
+    return register
+
+
+class EvalContext:
+    """What the methods share: the config, the target (ours and transformers'), the tokenizer."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.dtype = DTYPES[config.dtype]
+        self.device = torch.device(config.device)
+        self.tokenizer = load_tokenizer(config.target)
+        self.eos = eos_token_ids(config.target, self.tokenizer)
+        self.sampling = SamplingParams(config.temperature, config.top_k, config.top_p)
+
+    @cached_property
+    def target(self):
+        return load_model(self.config.target, self.dtype, self.device)
+
+    @cached_property
+    def decoder(self) -> SpeculativeDecoder:
+        return SpeculativeDecoder(self.target, self.tokenizer)
+
+    @cached_property
+    def hf_target(self):
+        return _hf_model(self.config.target, self.dtype, self.device)
+
+    def generation_config(self, shape: TreeShape | None) -> GenerationConfig:
+        return GenerationConfig(self.config.max_new_tokens, self.sampling, shape, self.eos,
+                                tuple(self.config.stop_strings))
+
+    def model_shape(self, k: int) -> TreeShape:
+        return TreeShape(tuple(self.config.tree)) if self.config.tree else TreeShape.chain(k)
+
+
+class EngineMethod:
+    def __init__(self, context: EvalContext, drafter: Drafter | None, shape: TreeShape | None) -> None:
+        self.decoder, self.drafter = context.decoder, drafter
+        self.config = context.generation_config(shape)
+
+    def run(self, prompt_ids: list[int], seed: int) -> MethodOutput:
+        started = time.perf_counter()
+        result = self.decoder.generate(prompt_ids, self.drafter, _with_seed(self.config, seed))
+        seconds = time.perf_counter() - started
+        return MethodOutput(result.tokens, seconds, result.stats.prefill_seconds, result.stats)
+
+
+def _with_seed(config: GenerationConfig, seed: int) -> GenerationConfig:
+    return GenerationConfig(config.max_new_tokens, config.sampling, config.shape, config.eos_token_ids,
+                            config.stop_strings, seed)
+
+
+@method("ar", "our engine, plain autoregressive decoding (the baseline)")
+def _ar(context: EvalContext) -> Method:
+    return EngineMethod(context, None, None)
+
+
+@method("sd-ngram", "our engine with the n-gram drafter (prompt lookup, bigram fallback)")
+def _sd_ngram(context: EvalContext) -> Method:
+    table = BigramTable.load(context.config.ngram_table) if context.config.ngram_table else None
+    return EngineMethod(context, NgramDrafter(bigram=table), TreeShape.chain(context.config.k_ngram))
+
+
+@method("sd-draft", "our engine with a separate draft model (--draft)", needs=("draft",))
+def _sd_draft(context: EvalContext) -> Method:
+    drafter = ModelDrafter.from_pretrained(context.config.draft, context.tokenizer, context.target.args.vocab_size,
+                                           context.dtype, context.device)
+    return EngineMethod(context, drafter, context.model_shape(context.config.k_draft))
+
+
+@method("sd-self", "our engine with a self-draft view of the target (--self-spec)", needs=("self_spec",))
+def _sd_self(context: EvalContext) -> Method:
+    drafter = SelfDrafter(context.decoder, parse_self_spec(context.config.self_spec))
+    return EngineMethod(context, drafter, context.model_shape(context.config.k_self))
+
+
+class HFMethod:
+    """`transformers` generate with the given extra arguments, matching greedy or sampling."""
+
+    def __init__(self, context: EvalContext, **extra) -> None:
+        self.model, self.device = context.hf_target, context.device
+        sampling = context.sampling
+        self.kwargs = dict(max_new_tokens=context.config.max_new_tokens, eos_token_id=list(context.eos),
+                           pad_token_id=context.eos[0] if context.eos else None, **extra)
+        if context.config.stop_strings:
+            self.kwargs.update(stop_strings=list(context.config.stop_strings), tokenizer=context.tokenizer)
+        if sampling.greedy:
+            self.kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        else:
+            self.kwargs.update(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k,
+                               top_p=sampling.top_p)
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: list[int], seed: int) -> MethodOutput:
+        input_ids = torch.tensor([prompt_ids], device=self.device)
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        output = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **self.kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        return MethodOutput(output[0, len(prompt_ids):].tolist(), seconds, None, None)
+
+
+def _hf_model(path, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
+    return model.to(device).eval()
+
+
+@method("hf", "transformers generate on the target", engine=False)
+def _hf(context: EvalContext) -> Method:
+    return HFMethod(context)
+
+
+@method("hf-assisted", "transformers assisted generation with --draft", needs=("draft",), engine=False)
+def _hf_assisted(context: EvalContext) -> Method:
+    return HFMethod(context, assistant_model=_hf_model(context.config.draft, context.dtype, context.device))
+
+
+@method("hf-pld", "transformers prompt lookup decoding", engine=False)
+def _hf_pld(context: EvalContext) -> Method:
+    return HFMethod(context, prompt_lookup_num_tokens=context.config.pld_tokens)
