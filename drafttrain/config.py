@@ -30,7 +30,9 @@ from drafttrain.errors import DrafttrainError
 T = TypeVar("T")
 
 #: Recipe name (YAML file stem) -> "module.path:ClassName", imported lazily.
-CONFIG_CLASSES: dict[str, str] = {}
+CONFIG_CLASSES: dict[str, str] = {
+    "eval": "drafttrain.evaluation.config:EvalConfig",
+}
 
 
 @dataclasses.dataclass

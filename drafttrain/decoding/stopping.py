@@ -30,8 +30,9 @@ class StopChecker:
         if not self.stop_strings:
             return False
         longest = max(len(s) for s in self.stop_strings)
-        # decode a tail long enough to hold any stop string ending in the newest token
-        tail = self.tokenizer.decode(self.tokens[-(longest + 8):])
+        # a tail long enough to hold any stop string ending in the newest token, even when every
+        # character takes several byte-level tokens (up to 4 bytes per character in UTF-8)
+        tail = self.tokenizer.decode(self.tokens[-(4 * longest + 8):])
         return any(stop in tail for stop in self.stop_strings)
 
     @property

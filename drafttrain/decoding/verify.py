@@ -52,7 +52,9 @@ def residual(p_target: torch.Tensor, q_draft: torch.Tensor) -> torch.Tensor:
 def accept_prob(p_target: torch.Tensor, q_draft: torch.Tensor | None, token: int) -> float:
     """min(1, p(x) / q(x)) for draft token x; a missing q is a point mass on x."""
     q_token = 1.0 if q_draft is None else float(q_draft[token])
-    return 1.0 if q_token <= 0 else min(1.0, float(p_target[token]) / q_token)
+    if q_token <= 0:
+        raise ValueError(f"draft token {token} has q_draft = 0: a drafter must propose tokens from its q")
+    return min(1.0, float(p_target[token]) / q_token)
 
 
 def verify_sampling(tree: DraftTree, p_target: torch.Tensor,

@@ -142,7 +142,7 @@ class ModelDrafter(_TransformerDrafter):
         super().__init__()
         self.model, self.name, self.target_vocab = model, name, target_vocab
         self.max_positions = model.args.max_position_embeddings
-        self.cache = model.new_cache()
+        self.cache = model.new_cache(0)
         self.cached = 0
 
     @classmethod
@@ -164,7 +164,17 @@ class ModelDrafter(_TransformerDrafter):
     def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
                 generator: torch.Generator | None) -> DraftTree:
         self.cached = min(self.cached, len(context) - 1)
+        self._ensure_capacity(len(context) + shape.num_nodes)
         return super().propose(context, shape, sampling, generator)
+
+    def _ensure_capacity(self, slots: int) -> None:
+        """Grow the cache (keeping its entries) so a tree of any width fits past the context."""
+        if self.cache.max_len >= slots:
+            return
+        grown = self.model.new_cache(max(slots, 2 * self.cache.max_len))
+        grown.k[:, :, :self.cache.max_len] = self.cache.k
+        grown.v[:, :, :self.cache.max_len] = self.cache.v
+        self.cache = grown
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
         """Keep the cache entries of accepted nodes that were fed through the draft model."""

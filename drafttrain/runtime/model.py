@@ -49,14 +49,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tensor:
-    return layer(fake_quant(x, quant) if quant else x)
+    """The layer's projection called functionally (no module-call overhead on the decode path)."""
+    return F.linear(fake_quant(x, quant) if quant else x, layer.weight, layer.bias)
 
 
 class Attention(nn.Module):
@@ -64,17 +68,16 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         q_size, kv_size = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
-        self.split = (q_size, kv_size, kv_size)
         self.wqkv = nn.Linear(args.hidden_size, q_size + 2 * kv_size, bias=args.qkv_bias)
         self.wo = nn.Linear(q_size, args.hidden_size, bias=args.o_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
                 layer: int, start: int, mask: torch.Tensor | None, quant: str | None) -> torch.Tensor:
         n = x.shape[0]
-        q, k, v = _linear(x, self.wqkv, quant).split(self.split, dim=-1)
-        q = apply_rope(q.view(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
-        cache.write(layer, start, k.transpose(0, 1), v.view(n, self.num_kv_heads, self.head_dim).transpose(0, 1))
+        qkv = _linear(x, self.wqkv, quant).view(n, -1, self.head_dim)
+        qk = apply_rope(qkv[:, :self.num_heads + self.num_kv_heads], cos, sin)  # one rotation for q and k
+        q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
+        cache.write(layer, start, k.transpose(0, 1), qkv[:, self.num_heads + self.num_kv_heads:].transpose(0, 1))
         keys, values = cache.read(layer, start + n)
         causal_from_zero = mask is None and n > 1
         out = F.scaled_dot_product_attention(
@@ -135,7 +138,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
         args = self.args
-        return KVCache(args.num_layers, args.num_kv_heads, max_len or args.max_position_embeddings,
+        return KVCache(args.num_layers, args.num_kv_heads, args.max_position_embeddings if max_len is None else max_len,
                        args.head_dim, self.dtype, self.device)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
@@ -151,13 +154,15 @@ class Transformer(nn.Module):
             raise ValueError("a multi-token forward after slot 0 needs an explicit mask")
         cos = self.rope_cos[positions].to(self.dtype)[:, None, :]
         sin = self.rope_sin[positions].to(self.dtype)[:, None, :]
-        x = self.embed(tokens)
+        x = F.embedding(tokens, self.embed.weight)
         for index, block in enumerate(self.layers):
             quant = view.quant_for(index) if view is not None else None
             if view is None or index not in view.skip_attn:
-                x = x + block.attn(block.input_norm(x), cos, sin, cache, index, start, mask, quant)
+                normed = rms_norm(x, block.input_norm.weight, block.input_norm.eps)
+                x = x + block.attn.forward(normed, cos, sin, cache, index, start, mask, quant)
             if view is None or index not in view.skip_mlp:
-                x = x + block.mlp(block.post_attn_norm(x), quant)
+                normed = rms_norm(x, block.post_attn_norm.weight, block.post_attn_norm.eps)
+                x = x + block.mlp.forward(normed, quant)
         if logits_rows is None:
             return None
-        return self.lm_head(self.norm(x[logits_rows])).float()
+        return F.linear(rms_norm(x[logits_rows], self.norm.weight, self.norm.eps), self.lm_head.weight).float()
