@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from drafttrain.evaluation.report import build_report, report_markdown, write_report
 
     context, prompts, runs = run_methods(config, progress=sys.stderr.isatty())
-    command = "drafttrain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "drafttrain " + shlex.join(args.argv)
     report = build_report(config, device_name(config.device, config.threads), len(prompts), runs, command)
     write_report(report, config.out)
     write_plots(report, config.out)
@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in reports as the command that produced them
     try:
         return args.run(args)
     except DrafttrainError as err:

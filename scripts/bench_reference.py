@@ -4,38 +4,47 @@ Runs `drafttrain eval` on ../shared/reference (greedy, then sampling at temperat
 the reports under --out (ignored by git), and replaces this script's section of
 docs/benchmarks.md with the tables and the exact commands that produced them.
 
-    python scripts/bench_reference.py [--num-prompts N] [--out outputs/bench-reference]
+    python scripts/bench_reference.py [--num-prompts N] [--out outputs/bench-reference] [--doc-only]
+
+Run it from anywhere; paths are relative to the repository root. --doc-only rebuilds the section
+from reports already under --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from drafttrain.cli import main as drafttrain_main
+from drafttrain.evaluation.report import report_markdown
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = Path("../shared/reference")  # relative to REPO, where the script runs
 DOC = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- bench_reference:start -->", "<!-- bench_reference:end -->"
-SELF_SPEC = '{"skip_mlp": [4, 6, 8], "skip_attn": [5, 7, 9]}'
+SELF_SPEC = '{"skip_mlp": [1, 3, 5, 7, 9], "skip_attn": [2, 4, 6, 8, 10]}'
 
 
 def eval_args(out: Path, num_prompts: int, temperature: float) -> list[str]:
-    return ["eval", "--target", str(REFERENCE / "pycode-12L"), "--prompts", str(REFERENCE / "prompts-dev.jsonl"),
-            "--methods", "ar,hf,hf-pld,sd-ngram,sd-self", "--self-spec", SELF_SPEC,
-            "--max-new-tokens", "128", "--num-prompts", str(num_prompts), "--temperature", str(temperature),
-            "--out", str(out)]
+    args = ["eval", "--target", str(REFERENCE / "pycode-12L"), "--prompts", str(REFERENCE / "prompts-dev.jsonl"),
+            "--methods", "ar,hf,hf-pld,sd-ngram,sd-self", "--self-spec", SELF_SPEC, "--k-self", "2",
+            "--max-new-tokens", "128", "--temperature", str(temperature), "--out", str(out)]
+    return args + (["--num-prompts", str(num_prompts)] if num_prompts else [])
 
 
 def section(runs: list[tuple[list[str], Path]]) -> str:
-    lines = [START, f"Measured {datetime.date.today().isoformat()} by `python scripts/bench_reference.py`.", ""]
+    lines = [START, f"Measured {datetime.date.today().isoformat()} by `python scripts/bench_reference.py` "
+             "(run from the repository root).", ""]
     for args, out in runs:
-        table = (out / "report.md").read_text().split("\n", 2)[2]  # drop the title line
-        lines += [f"```\ndrafttrain {shlex.join(args)}\n```", "", table.strip(), ""]
+        report = json.loads((out / "report.json").read_text())
+        table = report_markdown(report).split("| method", 1)[1]
+        lines += ["```", f"drafttrain {shlex.join(args)}", "```", "", f"device: {report['device']}; "
+                  f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table]
     return "\n".join(lines + [END])
 
 
@@ -52,15 +61,16 @@ def update_doc(text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=0, help="first N prompts (0: all 40)")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-reference")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench-reference"))
+    parser.add_argument("--doc-only", action="store_true", help="only rebuild the doc from existing reports")
     options = parser.parse_args()
+    os.chdir(REPO)
     runs = []
     for name, temperature in (("greedy", 0.0), ("sampling-t0.7", 0.7)):
         out = options.out / name
         args = eval_args(out, options.num_prompts, temperature)
-        code = drafttrain_main(args)
-        if code != 0:
-            return code
+        if not options.doc_only and drafttrain_main(args) != 0:
+            return 1
         runs.append((args, out))
     update_doc(section(runs))
     print(f"updated {DOC}")

@@ -31,7 +31,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 300, extra_text: str = ""):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(TINY_CORPUS + [extra_text])
+    tokenizer.train_from_iterator(TINY_CORPUS + [extra_text], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, pad_token=EOS)
     fast.save_pretrained(str(out_dir))
     return fast
@@ -88,6 +88,24 @@ def make_checkpoint(out_dir: Path, family: str = "llama", seed: int = 0, tokeniz
 
         AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out_dir))
     return out_dir
+
+
+def runtime_model(seed: int, vocab: int = 16, layers: int = 2, max_pos: int = 64):
+    """A random runtime `Transformer` built directly (no files), with peaked distributions."""
+    from drafttrain.runtime.model import ModelArgs, Transformer
+    from drafttrain.runtime.rope import RopeScaling
+
+    args = ModelArgs("llama", vocab_size=vocab, hidden_size=16, intermediate_size=32, num_layers=layers,
+                     num_heads=2, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
+                     rope_scaling=RopeScaling(), max_position_embeddings=max_pos, tie_word_embeddings=False,
+                     qkv_bias=False, o_bias=False, mlp_bias=False)
+    torch.manual_seed(seed)
+    model = Transformer(args)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.6)
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,8 @@ def verify_sampling(tree: DraftTree, p_target: torch.Tensor,
         accepted = None
         for child in children.get(node, ()):
             q_child = None if tree.q_draft is None else tree.q_draft[child]
-            if float(torch.rand((), generator=generator)) < accept_prob(p_node, q_child, tokens[child]):
+            draw = torch.rand((), generator=generator, device=p_node.device)
+            if float(draw) < accept_prob(p_node, q_child, tokens[child]):
                 accepted = child
                 break
             p_node = residual(p_node, _point_mass(p_node, tokens[child]) if q_child is None else q_child)

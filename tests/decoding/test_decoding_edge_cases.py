@@ -5,28 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import runtime_model
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams, logits_to_probs
 from drafttrain.decoding.stopping import StopChecker
 from drafttrain.decoding.verify import accept_prob, residual
 from drafttrain.drafters import ModelDrafter, TreeShape
 from drafttrain.runtime.cache import KVCache
-from drafttrain.runtime.model import ModelArgs, Transformer
-from drafttrain.runtime.rope import RopeScaling
-
-
-def _model(seed: int, vocab: int = 16, layers: int = 2, max_pos: int = 64) -> Transformer:
-    args = ModelArgs("llama", vocab_size=vocab, hidden_size=16, intermediate_size=32, num_layers=layers,
-                     num_heads=2, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-                     rope_scaling=RopeScaling(), max_position_embeddings=max_pos, tie_word_embeddings=False,
-                     qkv_bias=False, o_bias=False, mlp_bias=False)
-    torch.manual_seed(seed)
-    model = Transformer(args)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.6)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------- findings
@@ -37,7 +22,7 @@ def test_model_drafter_tree_near_the_draft_window_does_not_crash():
     at slots n_ctx + node (node up to num_nodes of all but the last level), not at positions.
     check_length only guarantees prompt + max_new_tokens <= window, so a wide tree near the end
     writes past the cache: RuntimeError in KVCache.write."""
-    target, draft = _model(0, max_pos=64), _model(1, max_pos=64)
+    target, draft = runtime_model(0, max_pos=64), runtime_model(1, max_pos=64)
     decoder = SpeculativeDecoder(target)
     prompt = list(range(16)) * 2  # 32 + 32 = 64 = both windows: accepted by check_length
     reference = decoder.generate(prompt, None, GenerationConfig(max_new_tokens=32)).tokens
@@ -128,7 +113,7 @@ def test_keep_path_with_overlapping_slots():
 
 @pytest.mark.parametrize("branching", [(1,), (3, 2, 2), (1, 3, 1), (2, 1, 1, 1, 1)])
 def test_greedy_model_drafter_many_steps_and_early_stop(branching):
-    target, draft = _model(3, layers=3, max_pos=128), _model(4, max_pos=128)
+    target, draft = runtime_model(3, layers=3, max_pos=128), runtime_model(4, max_pos=128)
     decoder = SpeculativeDecoder(target)
     drafter = ModelDrafter(draft, 16)
     prompt = [3, 1, 4, 1, 5]

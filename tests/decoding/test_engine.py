@@ -6,14 +6,13 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from conftest import make_checkpoint
+from conftest import make_checkpoint, runtime_model
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters import BigramTable, ModelDrafter, NgramDrafter, SelfDrafter, TreeShape
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime import SelfDraftView, load_model, load_tokenizer
-from drafttrain.runtime.model import ModelArgs, Transformer
-from drafttrain.runtime.rope import RopeScaling
+from drafttrain.runtime.model import Transformer
 
 SHAPES = [TreeShape.chain(1), TreeShape.chain(4), TreeShape((2, 2, 1)), TreeShape((3, 1, 1, 1))]
 
@@ -121,20 +120,6 @@ def test_sampling_is_seeded_and_reproducible(target, tiny_draft):
     assert decoder.generate(_prompt(tokenizer), drafter, other).tokens != first
 
 
-def _vocab8_model(seed: int, layers: int = 2) -> Transformer:
-    args = ModelArgs("llama", vocab_size=8, hidden_size=16, intermediate_size=32, num_layers=layers,
-                     num_heads=2, num_kv_heads=1, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-                     rope_scaling=RopeScaling(), max_position_embeddings=64, tie_word_embeddings=False,
-                     qkv_bias=False, o_bias=False, mlp_bias=False)
-    torch.manual_seed(seed)
-    model = Transformer(args)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0, 0.6)
-    return model.eval()
-
-
 def _joint_target_distribution(model: Transformer, prompt: list[int], sampling: SamplingParams) -> torch.Tensor:
     """p(x1, x2 | prompt) for the processed target distribution, [8, 8]."""
     from drafttrain.decoding.sampling import logits_to_probs
@@ -157,10 +142,10 @@ def _joint_target_distribution(model: Transformer, prompt: list[int], sampling: 
 ])
 def test_speculative_sampling_is_lossless_end_to_end(kind, shape):
     """Chi-square over the joint distribution of the first two sampled tokens (vocab of 8)."""
-    target = _vocab8_model(0, layers=3)
+    target = runtime_model(0, vocab=8, layers=3)
     decoder = SpeculativeDecoder(target)
     drafter = (SelfDrafter(decoder, SelfDraftView(skip_attn=frozenset({1}), skip_mlp=frozenset({2})))
-               if kind == "self" else ModelDrafter(_vocab8_model(1), 8))
+               if kind == "self" else ModelDrafter(runtime_model(1, vocab=8), 8))
     sampling = SamplingParams(temperature=1.0, top_k=6)
     prompt = [1, 5, 2, 7, 3]
     expected = _joint_target_distribution(target, prompt, sampling).flatten()

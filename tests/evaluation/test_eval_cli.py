@@ -51,6 +51,7 @@ def test_greedy_eval_writes_the_report_shape(tmp_path, tiny_target, tiny_draft, 
     assert report["methods"]["sd-self"]["target_forwards"] < report["methods"]["ar"]["target_forwards"]
     assert (tmp_path / "out" / "speedup.png").stat().st_size > 1000
     assert "| sd-self |" in (tmp_path / "out" / "report.md").read_text()
+    assert report["command"].startswith("drafttrain eval --config ") and "--tree 2,1" in report["command"]
 
 
 def test_sampling_eval_reports_lossless_as_null(tmp_path, tiny_target, prompts):
