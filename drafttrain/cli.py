@@ -97,6 +97,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPES = {"pretrain": "pretrain a small Llama target from scratch on a corpus",
+           "distill": "distill a draft model from a target (KD losses, on-policy data, LoRA)"}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import importlib
+
+    from drafttrain.config import config_class_for
+
+    config = load_config(config_class_for(args.recipe), args.config, args.overrides)
+    importlib.import_module(f"recipes.{args.recipe}").main(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drafttrain", description=(
         "Train and tune draft hierarchies and schedulers for lossless speculative decoding."))
@@ -108,12 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     add_config_flags(evaluate, EvalConfig)
     evaluate.set_defaults(run=cmd_eval)
+    run = verbs.add_parser("run", help="run a training recipe: " + ", ".join(RECIPES),
+                           description="Run a recipe from recipes/ with its YAML config and key=value overrides "
+                           "(e.g. trainer.max_steps=100). An interrupted run resumes from its last checkpoint.")
+    run.add_argument("recipe", choices=sorted(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
+    run.add_argument("--config", type=Path, help="the recipe's YAML config (configs/<family>/<recipe>.yaml)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key (dotted)")
+    run.set_defaults(run=cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come anywhere after the verb; argparse only takes them before options
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(getattr(args, "overrides", [])) + extra
     args.argv = argv  # recorded in reports as the command that produced them
     try:
         return args.run(args)

@@ -16,8 +16,6 @@ import contextlib
 import dataclasses
 import enum
 import importlib
-import os
-import tempfile
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,12 +24,15 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from drafttrain.errors import DrafttrainError
+from drafttrain.io import write_atomically
 
 T = TypeVar("T")
 
 #: Recipe name (YAML file stem) -> "module.path:ClassName", imported lazily.
 CONFIG_CLASSES: dict[str, str] = {
     "eval": "drafttrain.evaluation.config:EvalConfig",
+    "pretrain": "drafttrain.training.config:PretrainConfig",
+    "distill": "drafttrain.training.config:DistillConfig",
 }
 
 
@@ -251,17 +252,7 @@ def config_to_dict(obj: Any) -> Any:
 
 def save_config(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as YAML to ``path`` atomically (temp file in the same directory + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(obj), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, yaml.safe_dump(config_to_dict(obj), sort_keys=False))
 
 
 def config_class_for(name: str) -> type:

@@ -8,13 +8,12 @@ decoding: a mismatch is a bug, never a result.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from drafttrain.decoding.stats import RunStats
+from drafttrain.io import write_atomically
 from drafttrain.evaluation.harness import MethodRuns
 
 BOOTSTRAP_SAMPLES = 2000
@@ -111,18 +110,6 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(entry['mean_accepted_tokens'])} | {_fmt(entry['acceptance_rate'], '.1%')} | "
             f"{_fmt(entry['target_forwards'], 'd')} | {_fmt(entry['lossless'], '', 'n/a (sampling)')} |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: dict, out_dir: Path) -> None:

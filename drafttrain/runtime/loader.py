@@ -146,14 +146,50 @@ def _runtime_state(hf: dict[str, torch.Tensor], args: ModelArgs, source: Path) -
     return state
 
 
+def adapter_base(path: Path) -> Path | None:
+    """The base model directory of a peft LoRA adapter directory, or None for a plain checkpoint."""
+    config_path = path / "adapter_config.json"
+    if not config_path.is_file():
+        return None
+    config = _read_json(config_path)
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or config.get("fan_in_fan_out"):
+        raise DrafttrainError(f"{config_path}: only plain LoRA adapters are supported "
+                              "(peft_type LORA, no DoRA, no fan_in_fan_out)")
+    base = Path(str(config.get("base_model_name_or_path") or ""))
+    if not (base / "config.json").is_file():
+        raise DrafttrainError(f"{config_path}: base_model_name_or_path {str(base)!r} is not a local checkpoint "
+                              "directory; point it at the base model the adapter was trained on")
+    return base
+
+
+def _merge_lora(state: dict[str, torch.Tensor], adapter_dir: Path) -> None:
+    """Fold LoRA deltas into the base weights: W += B @ A * alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    config = _read_json(adapter_dir / "adapter_config.json")
+    rank, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
+    adapter = _hf_state([adapter_dir / "adapter_model.safetensors"])
+    for key_a in [k for k in adapter if k.endswith("lora_A.weight")]:
+        module = key_a.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        lora_b = adapter[key_a.replace("lora_A", "lora_B")]
+        if module + ".weight" not in state:
+            raise DrafttrainError(f"{adapter_dir}: adapter weight {key_a} has no base weight {module}.weight")
+        weight = state[module + ".weight"]
+        state[module + ".weight"] = (weight.float() + (lora_b.float() @ adapter[key_a].float()) * scale).to(weight.dtype)
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> Transformer:
-    """A runtime `Transformer` with the checkpoint's weights, in eval mode."""
+    """A runtime `Transformer` with the checkpoint's weights (a LoRA adapter is merged), in eval mode."""
     path = Path(path)
     if not path.is_dir():
         raise DrafttrainError(f"model directory {path} does not exist")
-    args = read_model_args(path)
-    state = _runtime_state(_hf_state(_weight_files(path)), args, path)
+    base = adapter_base(path)
+    weights_dir = base or path
+    args = read_model_args(weights_dir)
+    hf_state = _hf_state(_weight_files(weights_dir))
+    if base is not None:
+        _merge_lora(hf_state, path)
+    state = _runtime_state(hf_state, args, path)
     with torch.device("meta"):
         model = Transformer(args)
     model.load_state_dict(state, assign=True, strict=False)

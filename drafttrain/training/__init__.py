@@ -1,0 +1,1 @@
+"""Training: distillation losses, Lightning modules and the recipes' shared parts."""

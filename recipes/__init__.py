@@ -1,0 +1,1 @@
+"""drafttrain's recipes: one linear script per workflow (`drafttrain run NAME --config FILE`)."""
