@@ -16,7 +16,8 @@ import lightning as L
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from drafttrain.data import build_packed_corpus, iter_documents, train_bpe_tokenizer
+from drafttrain.data import (build_packed_corpus, build_prompt_set, held_out_documents, iter_documents,
+                            split_documents, train_bpe_tokenizer, write_prompts)
 from drafttrain.training.config import PretrainConfig
 from drafttrain.training.module import CausalLMTraining
 from drafttrain.training.run import PackedData, build_trainer, export_atomically, resume_from, write_run_record
@@ -60,13 +61,25 @@ def main(config: PretrainConfig) -> None:
     write_run_record(out, config)
     trainer.fit(module, datamodule=PackedData(packed.train, packed.val, config.trainer), ckpt_path=resume_from(out))
 
-    # 4. the HF checkpoint directory, written atomically
+    # 4. the HF checkpoint directory, written atomically, and evaluation prompts from held-out text
     if trainer.is_global_zero:
         def write(tmp):
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
         export_atomically(out / "model", write)
         print(f"target written to {out / 'model'}")
+        if config.prompts > 0:
+            write_prompts(build_prompt_set(evaluation_documents(config), tokenizer, "code" if config.corpus.kind
+                                           != "jsonl" else "text", config.prompts, config.prompt_context_tokens,
+                                           config.trainer.seed), out / "prompts.jsonl")
+            print(f"evaluation prompts written to {out / 'prompts.jsonl'}")
+
+
+def evaluation_documents(config: PretrainConfig):
+    """Text the model never trained on: the held-out stdlib packages, else the validation split."""
+    if config.corpus.kind == "stdlib" and config.corpus.exclude_packages:
+        return list(held_out_documents(config.corpus))
+    return split_documents(list(iter_documents(config.corpus)), config.val_fraction, config.trainer.seed)[1]
 
 
 if __name__ == "__main__":

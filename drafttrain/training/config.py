@@ -80,6 +80,8 @@ class PretrainConfig:
     tokenizer: Path | None = None  # an existing tokenizer directory; None trains a byte-level BPE
     vocab_size: int = 8192
     val_fraction: float = 0.02
+    prompts: int = 40  # evaluation prompts written from held-out text (0: none)
+    prompt_context_tokens: int = 320
     model: ModelShape = field(default_factory=ModelShape)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

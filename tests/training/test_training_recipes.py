@@ -33,7 +33,7 @@ def _metrics(out: Path) -> list[dict]:
 def pretrained(tmp_path_factory) -> Path:
     """The tiny pretrain recipe, run once: it must write an HF target both stacks load."""
     out = tmp_path_factory.mktemp("pretrain")
-    assert _run("pretrain", out, out / "cache", "trainer.max_steps=12", "trainer.val_every=6") == 0
+    assert _run("pretrain", out, out / "cache", "trainer.max_steps=12", "trainer.val_every=6", "prompts=4") == 0
     return out
 
 
@@ -52,6 +52,10 @@ def test_pretrain_writes_a_target_both_stacks_load(pretrained):
     record = json.loads((pretrained / "run.json").read_text())
     assert record["config"]["trainer"]["max_steps"] == 12 and "torch" in record["versions"]
     assert (pretrained / "checkpoints" / "last.ckpt").is_file()
+    from drafttrain.evaluation.prompts import load_prompts
+
+    prompts = load_prompts(pretrained / "prompts.jsonl")
+    assert len(prompts) == 4 and all(p.text.rstrip().endswith(":") for p in prompts)
 
 
 def test_distill_mixture_raises_expected_acceptance(pretrained, tmp_path):
@@ -135,6 +139,15 @@ def test_distill_config_errors_are_clear(overrides, message):
     with pytest.raises(DrafttrainError, match=None) as error:
         load_recipe_config(REPO / "configs/tiny/distill.yaml", overrides)
     assert message in str(error.value)
+
+
+def test_student_with_another_tokenizer_is_refused(pretrained, tmp_path, capsys):
+    from conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other", "llama", seed=2)  # its own, different tokenizer
+    assert _run("distill", tmp_path / "o", tmp_path / "c", f"target={pretrained / 'model'}",
+                f"student.path={other}") == 2
+    assert "different tokenizer" in capsys.readouterr().err
 
 
 def test_distill_without_target_is_a_clear_cli_error(tmp_path, capsys):
