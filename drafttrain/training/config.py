@@ -52,7 +52,7 @@ class TrainerConfig:
     precision: str = "bf16-mixed"
     accelerator: str = "auto"
     strategy: str = "auto"
-    devices: str = "auto"
+    devices: int | str = "auto"  # a count, or Lightning's "auto" / "0,1" forms
     num_nodes: int = 1
     val_every: int = 200
     val_batches: int = 8

@@ -148,7 +148,9 @@ class CausalLMTraining(L.LightningModule):
         """Under DDP every rank must end with the same weights; fail loudly if they diverged."""
         if self.trainer.world_size == 1:
             return
-        checksum = torch.stack([p.detach().double().sum() for p in self.student.parameters()]).sum()
+        probe = torch.Generator().manual_seed(1234)  # fixed random weights: differences cannot cancel out
+        checksum = sum((p.detach().double().cpu() * torch.randn(p.shape, generator=probe, dtype=torch.float64)).sum()
+                       for p in self.student.parameters())
         gathered = self.all_gather(checksum.to(self.device))
         if not torch.all(gathered == gathered[0]):
             raise RuntimeError(f"DDP ranks ended with different weights (checksums {gathered.tolist()})")

@@ -62,8 +62,8 @@ def build_trainer(out: Path, config: TrainerConfig, logging: LoggingConfig, run_
         gradient_clip_val=grad_clip or None, enable_model_summary=False, default_root_dir=str(out))
 
 
-def _devices(value: str):
-    return int(value) if value.isdigit() else value
+def _devices(value: int | str) -> int | str:
+    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def resume_from(out: Path) -> str | None:
