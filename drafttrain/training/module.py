@@ -61,8 +61,28 @@ class CausalLMTraining(L.LightningModule):
     def teacher(self) -> torch.nn.Module | None:
         return self._teacher[0]
 
+    def configure_model(self) -> None:
+        """Under FSDP, shard the frozen teacher by decoder layer too, so no rank holds all of it.
+
+        GPU only (Lightning's FSDP needs CUDA); not yet run in this project: see
+        tests/training/test_training_ddp.py::test_fsdp_shards_the_teacher for the check to run.
+        """
+        from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        teacher = self.teacher
+        if teacher is None or isinstance(teacher, FullyShardedDataParallel) or not isinstance(
+                self.trainer.strategy, FSDPStrategy):
+            return
+        layer_class = type(teacher.model.layers[0])
+        self._teacher[0] = FullyShardedDataParallel(teacher.requires_grad_(False).eval(), device_id=self.device,
+                                                    auto_wrap_policy=ModuleWrapPolicy({layer_class}))
+
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if self.teacher is not None and not isinstance(self.teacher, FullyShardedDataParallel):
             self.teacher.to(self.device).eval().requires_grad_(False)
 
     def _logits(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,3 +41,13 @@ def test_ddp_ranks_end_identical_and_follow_the_single_process_trend(tiny_target
     assert single_losses[-1] < single_losses[0] and ddp_losses[-1] < ddp_losses[0]
     # twice the global batch: the same trend, ending close to the single-process loss
     assert abs(ddp_losses[-1] - single_losses[-1]) < 0.25 * single_losses[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP in Lightning needs 2 or more CUDA devices")
+def test_fsdp_shards_the_teacher(tiny_target, tmp_path):
+    """GPU only: distill under FSDP on 2 GPUs; the teacher is sharded and the run completes."""
+    result = _distill(tiny_target, tmp_path / "fsdp", tmp_path / "cache", "trainer.strategy=fsdp",
+                      "trainer.devices=2", "trainer.accelerator=cuda", "trainer.precision=bf16-mixed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "fsdp" / "draft" / "config.json").is_file()
