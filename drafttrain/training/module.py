@@ -98,7 +98,8 @@ class CausalLMTraining(L.LightningModule):
         if source == "corpus":
             return source, rows, torch.ones_like(rows[:, 1:], dtype=torch.bool)
         sequences, mask = self.buffers[source]
-        picked = batch_rows(len(sequences), rows.shape[0], self.seed + 1, step)
+        picked = batch_rows(len(sequences), rows.shape[0], self.seed + 1, step, self.global_rank,
+                            self.trainer.world_size)  # each rank its own share, as for corpus batches
         return source, sequences[picked].to(self.device), mask[picked].to(self.device)
 
     @torch.no_grad()
