@@ -7,7 +7,7 @@ on-policy student samples (DistillSpec); then evaluate each draft with `drafttra
 plain PyTorch loop on the same model and batch. Replaces this script's section of
 docs/benchmarks.md with the tables and the commands.
 
-    python scripts/bench_distill.py [--steps 1500] [--num-prompts 20] [--out outputs/bench-distill]
+    python scripts/bench_distill.py [--steps 1000] [--num-prompts 20] [--out outputs/bench-distill]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def training_overhead(steps: int = 12) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--num-prompts", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench-distill"))
     options = parser.parse_args()
@@ -141,6 +141,7 @@ def main() -> int:
                          "acceptance_rate": report["acceptance_rate"], "mean_accepted": report["mean_accepted_tokens"],
                          "speedup": report["speedup_vs_ar"], "ci": report["speedup_ci95"], "lossless": report["lossless"]})
             commands += [f"drafttrain {shlex.join(args)}", f"drafttrain {shlex.join(e_args)}"]
+            (options.out / "rows.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
     overhead = training_overhead()
     write_doc(rows, commands, overhead, options)
     print(json.dumps({"rows": rows, "overhead": overhead}, indent=2))
