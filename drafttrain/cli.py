@@ -98,7 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 RECIPES = {"pretrain": "pretrain a small Llama target from scratch on a corpus",
-           "distill": "distill a draft model from a target (KD losses, on-policy data, LoRA)"}
+           "distill": "distill a draft model from a target (KD losses, on-policy data, LoRA)",
+           "search": "search self-draft levels of a target with Optuna (same as `drafttrain search`)"}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -108,6 +109,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(config_class_for(args.recipe), args.config, args.overrides)
     importlib.import_module(f"recipes.{args.recipe}").main(config)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from drafttrain.search.config import SearchConfig
+    from recipes.search import main as search_recipe
+
+    search_recipe(load_config(SearchConfig, args.config, flags_to_overrides(args, SearchConfig)))
     return 0
 
 
@@ -122,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     add_config_flags(evaluate, EvalConfig)
     evaluate.set_defaults(run=cmd_eval)
+    from drafttrain.search.config import SearchConfig
+
+    search = verbs.add_parser("search", help="search self-draft levels (layer skip, activation quantization)",
+                              description="Run or resume (by --study name) an Optuna study over self-draft views "
+                              "of the target and write levels.json and plots to --out.")
+    add_config_flags(search, SearchConfig)
+    search.set_defaults(run=cmd_search)
     run = verbs.add_parser("run", help="run a training recipe: " + ", ".join(RECIPES),
                            description="Run a recipe from recipes/ with its YAML config and key=value overrides "
                            "(e.g. trainer.max_steps=100). An interrupted run resumes from its last checkpoint.")

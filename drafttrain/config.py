@@ -33,6 +33,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "eval": "drafttrain.evaluation.config:EvalConfig",
     "pretrain": "drafttrain.training.config:PretrainConfig",
     "distill": "drafttrain.training.config:DistillConfig",
+    "search": "drafttrain.search.config:SearchConfig",
 }
 
 
