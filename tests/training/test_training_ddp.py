@@ -44,10 +44,11 @@ def test_ddp_ranks_end_identical_and_follow_the_single_process_trend(tiny_target
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP in Lightning needs 2 or more CUDA devices")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP strategy needs CUDA")
 def test_fsdp_shards_the_teacher(tiny_target, tmp_path):
-    """GPU only: distill under FSDP on 2 GPUs; the teacher is sharded and the run completes."""
+    """GPU only: distill under FSDP on the GPUs there are (1 is enough to exercise the wrapping)."""
+    devices = min(torch.cuda.device_count(), 2)
     result = _distill(tiny_target, tmp_path / "fsdp", tmp_path / "cache", "trainer.strategy=fsdp",
-                      "trainer.devices=2", "trainer.accelerator=cuda", "trainer.precision=bf16-mixed")
+                      f"trainer.devices={devices}", "trainer.accelerator=cuda", "trainer.precision=bf16-mixed")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "fsdp" / "draft" / "config.json").is_file()
