@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from benchdoc import markers, replace_section
+
 from drafttrain.cli import main as drafttrain_main
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("../shared/reference")
-DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- bench_distill:start -->", "<!-- bench_distill:end -->"
+START, END = markers("bench_distill")
 # equal tokens per step for every data source: generated rows are prompt + continuation = seq_len + 1
 BUDGET = ["trainer.batch_size=8", "trainer.seq_len=128", "data.prompt_tokens=65", "data.generate_tokens=64",
           "data.generated_sequences=64", "logging.wandb=disabled", "trainer.val_batches=8"]
@@ -163,15 +164,7 @@ def write_doc(rows: list[dict], commands: list[str], overhead: dict, options) ->
               f"a step, fp32, {overhead['steps_timed']} steps timed after 2 warm-up steps): plain PyTorch loop "
               f"{overhead['plain_tokens_per_s']:.0f} tokens/s, Lightning {overhead['lightning_tokens_per_s']:.0f} "
               f"tokens/s: Lightning's overhead {overhead['overhead']:+.1%}.", END]
-    text = "\n".join(lines)
-    current = DOC.read_text()
-    if START in current:
-        head, rest = current.split(START, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n## Distilled drafts on the reference target (issue 3)\n\n" + text + "\n"
-    DOC.write_text(current)
-
+    replace_section("bench_distill", "Distilled drafts on the reference target (issue 3)", "\n".join(lines))
 
 if __name__ == "__main__":
     sys.exit(main())

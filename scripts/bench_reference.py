@@ -20,13 +20,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from benchdoc import DOC, markers, replace_section
+
 from drafttrain.cli import main as drafttrain_main
 from drafttrain.evaluation.report import report_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("../shared/reference")  # relative to REPO, where the script runs
-DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- bench_reference:start -->", "<!-- bench_reference:end -->"
+START, END = markers("bench_reference")
 SELF_SPEC = '{"skip_mlp": [1, 3, 5, 7, 9], "skip_attn": [2, 4, 6, 8, 10]}'
 
 
@@ -48,16 +49,6 @@ def section(runs: list[tuple[list[str], Path]]) -> str:
     return "\n".join(lines + [END])
 
 
-def update_doc(text: str) -> None:
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in current:
-        head, rest = current.split(START, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n## Reference target on CPU (issue 2)\n\n" + text + "\n"
-    DOC.write_text(current)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=0, help="first N prompts (0: all 40)")
@@ -72,7 +63,7 @@ def main() -> int:
         if not options.doc_only and drafttrain_main(args) != 0:
             return 1
         runs.append((args, out))
-    update_doc(section(runs))
+    replace_section("bench_reference", "Reference target on CPU (issue 2)", section(runs))
     print(f"updated {DOC}")
     return 0
 

@@ -119,3 +119,12 @@ def tiny_draft(tmp_path_factory, tiny_target) -> Path:
     """The target with noisy weights: agrees with the target often, not always."""
     return make_checkpoint(tmp_path_factory.mktemp("draft"), seed=1, tokenizer_dir=tiny_target,
                            perturb_from=tiny_target, noise=0.05)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: extra intra-op threads only add hand-offs and contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ import math
 
 import optuna
 import pytest
-import torch
 from search_testkit import CALIBRATION
 
 from drafttrain.runtime import load_model, load_tokenizer
@@ -17,13 +16,7 @@ from drafttrain.search.space import SearchSpace
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny 1-token forwards: thread hand-offs would cost far more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_expected_speedup_formula():

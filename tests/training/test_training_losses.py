@@ -28,13 +28,7 @@ VOCAB = 11
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors are tiny: extra intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_logits(seed: int, leading=LEADING, vocab=VOCAB, scale=2.0, dtype=torch.float32):
