@@ -19,6 +19,9 @@ bound is pruned before any work.
 
 from __future__ import annotations
 
+import os
+import socket
+
 import statistics
 import time
 from collections.abc import Sequence
@@ -90,6 +93,7 @@ class SearchObjective:
         fraction = cost_fraction(view, self.model.args)
         trial.set_user_attr("spec", view.to_json())
         trial.set_user_attr("cost_fraction", fraction)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it
         if self.max_cost_fraction is not None and fraction > self.max_cost_fraction:
             reason = f"static cost fraction {fraction:.3f} > max_cost_fraction {self.max_cost_fraction}"
             trial.set_user_attr("pruned_reason", reason)
