@@ -103,12 +103,13 @@ class SpeculativeDecoder:
             shape = _clip_shape(config.shape, stop.remaining - 1) if drafter is not None else None
             tree = drafter.propose(ids[:length], shape, config.sampling, generator) if shape else DraftTree.empty(device)
             t_verify = _sync_time(device)
-            path, next_token = self._verify(ids[length - 1], tree, cache, config.sampling, generator)
+            depths = tree.depths()
+            path, next_token = self._verify(ids[length - 1], tree, depths, cache, config.sampling, generator)
             stats.verify_seconds += _sync_time(device) - t_verify
             stats.draft_seconds += t_verify - t_draft
             if shape:
                 drafter.observe(tree, path)
-            stats.record_step(drafter.name if shape else None, tree.depths(), len(path))
+            stats.record_step(drafter.name if shape else None, depths, len(path))
             for token in tree.tokens[path].tolist() + [next_token]:
                 ids[length] = token
                 length += 1
@@ -128,15 +129,15 @@ class SpeculativeDecoder:
         cache.length = len(prompt) - 1
         stats.prefill_seconds += _sync_time(prompt.device) - started
 
-    def _verify(self, root: torch.Tensor, tree: DraftTree, cache: KVCache, sampling: SamplingParams,
-                generator: torch.Generator) -> tuple[list[int], int]:
+    def _verify(self, root: torch.Tensor, tree: DraftTree, depths: list[int], cache: KVCache,
+                sampling: SamplingParams, generator: torch.Generator) -> tuple[list[int], int]:
         """One target forward over root + tree; keeps the accepted path in the cache."""
         start = cache.length
         if len(tree) == 0:
             logits = self.target(root[None], torch.tensor([start], device=root.device), cache, start)
         else:
             tokens = torch.cat((root[None], tree.tokens))
-            positions = tree_positions(start, tree.depths(), root.device)
+            positions = tree_positions(start, depths, root.device)
             mask = tree_mask(start, tree.parents, root.device)
             logits = self.target(tokens, positions, cache, start, mask)
         if sampling.greedy:
