@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -37,6 +37,22 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise DrafttrainError(f"max_new_tokens={self.max_new_tokens} is invalid: use a positive integer")
+
+
+@dataclass
+class VerifiedStep:
+    """What one verify forward saw, for calibration traces (see `drafttrain.calibration.traces`).
+
+    target_logits: [1 + n, vocab] float32, row 0 after the root, row 1 + i after tree node i.
+    context_length: committed tokens of the sequence, prompt and root included.
+    """
+
+    drafter: str
+    tree: DraftTree
+    depths: list[int]
+    target_logits: torch.Tensor
+    path: list[int]
+    context_length: int
 
 
 @dataclass
@@ -78,7 +94,9 @@ class SpeculativeDecoder:
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,
-                 config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+                 config: GenerationConfig = GenerationConfig(),
+                 trace: Callable[[VerifiedStep], None] | None = None) -> GenerationResult:
+        """Decode `prompt_ids`; `trace`, if given, sees every verify step that had a draft."""
         device = self.target.device
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
         self.check_length(len(prompt), config.max_new_tokens, drafter)
@@ -104,11 +122,13 @@ class SpeculativeDecoder:
             tree = drafter.propose(ids[:length], shape, config.sampling, generator) if shape else DraftTree.empty(device)
             t_verify = _sync_time(device)
             depths = tree.depths()
-            path, next_token = self._verify(ids[length - 1], tree, depths, cache, config.sampling, generator)
+            path, next_token, logits = self._verify(ids[length - 1], tree, depths, cache, config.sampling, generator)
             stats.verify_seconds += _sync_time(device) - t_verify
             stats.draft_seconds += t_verify - t_draft
             if shape:
                 drafter.observe(tree, path)
+            if trace is not None and len(tree):
+                trace(VerifiedStep(drafter.name, tree, depths, logits, path, length))
             stats.record_step(drafter.name if shape else None, depths, len(path))
             for token in tree.tokens[path].tolist() + [next_token]:
                 ids[length] = token
@@ -130,7 +150,7 @@ class SpeculativeDecoder:
         stats.prefill_seconds += _sync_time(prompt.device) - started
 
     def _verify(self, root: torch.Tensor, tree: DraftTree, depths: list[int], cache: KVCache,
-                sampling: SamplingParams, generator: torch.Generator) -> tuple[list[int], int]:
+                sampling: SamplingParams, generator: torch.Generator) -> tuple[list[int], int, torch.Tensor]:
         """One target forward over root + tree; keeps the accepted path in the cache."""
         start = cache.length
         if len(tree) == 0:
@@ -146,7 +166,7 @@ class SpeculativeDecoder:
             path, next_token = verify_sampling(tree, logits_to_probs(logits, sampling), generator)
         cache.keep_path(start + 1, [start + 1 + node for node in path])
         cache.length = start + 1 + len(path)
-        return path, next_token
+        return path, next_token, logits
 
 
 def _clip_shape(shape: TreeShape, max_depth: int) -> TreeShape | None:

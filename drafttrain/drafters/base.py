@@ -67,6 +67,9 @@ class DraftTree:
               next-token distribution at the node's parent, with the tokens of earlier siblings
               removed and renormalized when siblings are drawn without replacement. None means
               every token was proposed deterministically (a point mass), as n-gram drafters do.
+    match_lengths: [n] for n-gram drafts, the length of the context suffix each token's
+              continuation was matched on (0 for a bigram-table guess); None for other drafters.
+              Calibration uses it as the n-gram drafter's confidence.
     Sampling stays lossless as long as each token really was drawn from its q_draft row; under
     greedy decoding q_draft is only informative (calibration reads the draft's confidence).
     """
@@ -74,6 +77,7 @@ class DraftTree:
     tokens: torch.Tensor
     parents: list[int]
     q_draft: torch.Tensor | None = None
+    match_lengths: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = int(self.tokens.numel())
@@ -83,6 +87,8 @@ class DraftTree:
             raise ValueError(f"DraftTree parents {self.parents} are not in topological order")
         if self.q_draft is not None and self.q_draft.shape[0] != n:
             raise ValueError(f"DraftTree q_draft has {self.q_draft.shape[0]} rows for {n} tokens")
+        if self.match_lengths is not None and len(self.match_lengths) != n:
+            raise ValueError(f"DraftTree has {len(self.match_lengths)} match lengths for {n} tokens")
 
     @classmethod
     def empty(cls, device: torch.device | str = "cpu") -> DraftTree:

@@ -356,20 +356,22 @@ class NgramDrafter:
         """Draft from the longest recurring suffix of `context`, else from the bigram table."""
         del sampling, generator  # deterministic: every proposed token is a point mass
         ids = _cpu_ids(context)
-        tokens, parents = self._lookup_tree(ids, shape)
+        match_length, tokens, parents = self._lookup_tree(ids, shape)
         if not tokens and self.bigram is not None and ids.size:
             tokens, parents = _bigram_tree(self.bigram, int(ids[-1]), shape.branching)
         if not tokens:
             return DraftTree.empty(context.device)
-        return DraftTree(torch.tensor(tokens, dtype=torch.long, device=context.device), parents)
+        return DraftTree(torch.tensor(tokens, dtype=torch.long, device=context.device), parents,
+                         match_lengths=[match_length] * len(tokens))
 
-    def _lookup_tree(self, ids: np.ndarray, shape: TreeShape) -> tuple[list[int], list[int]]:
-        ends = longest_match_ends(ids, self.min_match, self.max_match)
+    def _lookup_tree(self, ids: np.ndarray, shape: TreeShape) -> tuple[int, list[int], list[int]]:
+        """(length of the matched suffix, tokens, parents); (0, [], []) without a match."""
+        length, ends = longest_match(ids, self.min_match, self.max_match)
         if ends.size == 0:
-            return [], []
+            return 0, [], []
         continuations = _continuations(ids, ends[: self.max_occurrences], shape.depth).tolist()
         distinct = list(dict.fromkeys(map(tuple, continuations)))  # keeps most recent first
-        return _merge_into_trie(distinct, shape)
+        return length, *_merge_into_trie(distinct, shape)
 
 
 def _cpu_ids(context: torch.Tensor) -> np.ndarray:
@@ -382,18 +384,24 @@ def _cpu_ids(context: torch.Tensor) -> np.ndarray:
 def longest_match_ends(ids: np.ndarray, min_match: int, max_match: int) -> np.ndarray:
     """End positions (inclusive) of the earlier occurrences of the longest suffix of `ids` of
     length in [min_match, max_match] that recurs, most recent first; empty if none does."""
+    return longest_match(ids, min_match, max_match)[1]
+
+
+def longest_match(ids: np.ndarray, min_match: int, max_match: int) -> tuple[int, np.ndarray]:
+    """(length, ends) of the longest recurring suffix, as in `longest_match_ends`; (0, empty)
+    when no suffix of at least `min_match` tokens recurs."""
     last = ids.size - 1
     if last < 1:
-        return _NO_MATCH
+        return 0, _NO_MATCH
     ends = np.flatnonzero(ids[:last] == ids[last])[::-1]  # the root token's earlier occurrences
     if ends.size == 0:
-        return _NO_MATCH
+        return 0, _NO_MATCH
     max_length = min(max_match, last)
     if ends.size <= _FEW_OCCURRENCES:
         length, ends = _extend_all_at_once(ids, ends, max_length)
     else:
         length, ends = _extend_step_by_step(ids, ends, max_length)
-    return ends if length >= min_match else _NO_MATCH
+    return (length, ends) if length >= min_match else (0, _NO_MATCH)
 
 
 def _extend_all_at_once(
