@@ -34,7 +34,13 @@ CONFIG_CLASSES: dict[str, str] = {
     "pretrain": "drafttrain.training.config:PretrainConfig",
     "distill": "drafttrain.training.config:DistillConfig",
     "search": "drafttrain.search.config:SearchConfig",
+    "calibrate": "drafttrain.calibration.config:CalibrateConfig",
 }
+
+
+def documented(text: str, **kwargs) -> Any:
+    """A dataclass field with a help text (CLI flags and docs read it from the field's metadata)."""
+    return dataclasses.field(metadata={"help": text}, **kwargs)
 
 
 @dataclasses.dataclass
