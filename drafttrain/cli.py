@@ -99,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 RECIPES = {"pretrain": "pretrain a small Llama target from scratch on a corpus",
            "distill": "distill a draft model from a target (KD losses, on-policy data, LoRA)",
-           "search": "search self-draft levels of a target with Optuna (same as `drafttrain search`)"}
+           "search": "search self-draft levels of a target with Optuna (same as `drafttrain search`)",
+           "calibrate": "fit acceptance and latency predictors of a cascade's levels on calibration prompts"}
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,534 @@
+"""Latency calibration: how long each drafting level and the target's verify take on this machine.
+
+The scheduler chooses draft lengths and tree widths by weighing expected accepted tokens against
+cost, so it needs predicted seconds for "level X runs a forward of n tokens at context length L"
+and "the target verifies n tokens at context length L". This module
+
+1. times those calls (`measure`) over a grid of token counts and context-length buckets, with
+   warm-up sweeps and a robust average over repeats, interleaving the levels at every grid point
+   so that drift of a busy machine hits all levels alike;
+2. fits one `LatencyModel` per level, a sum of six simple terms in n and L with non-negative
+   coefficients (so predictions never decrease when n or L grows), minimizing relative error;
+3. stores the fit with a hardware fingerprint as a JSON `LatencyProfile` (no pickle) whose loader
+   validates every field and says how to fix a bad file.
+
+The reported accuracy is the mean absolute percentage error (`mape`) on held-out timings: token
+counts and context lengths between the fitted grid points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.drafters.base import TreeShape
+from drafttrain.drafters.ngram import NgramDrafter
+from drafttrain.errors import DrafttrainError
+from drafttrain.io import write_atomically
+from drafttrain.runtime.cache import KVCache, causal_mask
+from drafttrain.runtime.model import Transformer
+from drafttrain.runtime.views import SelfDraftView
+
+PROFILE_FORMAT = "drafttrain-latency"
+PROFILE_VERSION = 1
+TARGET_LEVEL = "target"  # conventional level name of the target's verify forward
+
+TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+HELD_OUT_TOKEN_COUNTS = (3, 6, 12, 24, 48)
+SMALLEST_CONTEXT = 32
+MAX_FIT_CONTEXTS = 5
+
+RECALIBRATE = "run `drafttrain run calibrate` to measure a new latency profile"
+
+Call = Callable[[int, int], None]
+"""One timed operation, run with (tokens n, context length L); it returns once the work is done."""
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware fingerprint
+# --------------------------------------------------------------------------------------------
+
+
+def hardware_fingerprint(device: torch.device | str, dtype: torch.dtype) -> dict:
+    """What the timings depend on: device name, dtype, intra-op threads and torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = f"cuda: {torch.cuda.get_device_name(device)}"
+    elif device.type == "cpu":
+        name = f"cpu: {_cpu_model_name()}"
+    else:
+        name = str(device)
+    return {"device": name, "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def fingerprint_differences(recorded: Mapping, current: Mapping) -> list[str]:
+    """Human-readable differences between a profile's fingerprint and this machine's."""
+    return [f"{key}: {current.get(key)!r} here vs {recorded.get(key)!r} in the profile"
+            for key in ("device", "dtype", "threads", "torch") if recorded.get(key) != current.get(key)]
+
+
+# --------------------------------------------------------------------------------------------
+# Timed calls
+# --------------------------------------------------------------------------------------------
+
+
+def model_forward_call(model: Transformer, view: SelfDraftView | None = None, seed: int = 0) -> Call:
+    """A call running one `model` forward (through `view`, if given) of n tokens after L cached.
+
+    The cache holds zeros and the tokens are random: the cost does not depend on the values.
+    Multi-token forwards get an explicit causal mask; a tree mask has the same shape, hence the
+    same cost, so this times chain and tree verification alike. Inputs are built once per (n, L)
+    (in the warm-up calls), so the timing is the forward itself; `seed` draws the token ids.
+    """
+    if view is not None:
+        view.check_layers(model.args.num_layers)
+    generator = torch.Generator().manual_seed(seed)
+    caches: list[KVCache] = []
+    inputs: dict[tuple[int, int], tuple] = {}
+
+    def cache_for(needed: int) -> KVCache:
+        if not caches or caches[0].max_len < needed:
+            caches[:] = [model.new_cache(needed)]
+        return caches[0]
+
+    def call(tokens: int, context: int) -> None:
+        if (tokens, context) not in inputs:
+            inputs[tokens, context] = _forward_inputs(model, tokens, context, generator)
+        ids, positions, mask = inputs[tokens, context]
+        cache = cache_for(context + tokens)
+        with torch.inference_mode():
+            model(ids, positions, cache, start=context, mask=mask, view=view, logits_rows=slice(None))
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+
+    return call
+
+
+def _forward_inputs(model: Transformer, tokens: int, context: int,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    limit = model.args.max_position_embeddings
+    if tokens < 1 or context < 0 or context + tokens > limit:
+        raise DrafttrainError(
+            f"cannot time {tokens} tokens after a context of {context}: the model has "
+            f"{limit} positions; choose token counts >= 1 and context + tokens <= {limit}")
+    ids = torch.randint(0, model.args.vocab_size, (tokens,), generator=generator).to(model.device)
+    positions = torch.arange(context, context + tokens, device=model.device)
+    mask = None if tokens == 1 else causal_mask(context, tokens, model.device)
+    return ids, positions, mask
+
+
+def ngram_call(drafter: NgramDrafter, text_ids: torch.Tensor, windows: int = 64) -> Call:
+    """A call asking `drafter` for a chain of n tokens after a context of L ids of `text_ids`.
+
+    The drafter's cost depends on the text (how often the last token recurred, how far earlier
+    continuations agree), so successive calls at a grid point read successive windows of the
+    text, ending at `windows` positions spread evenly over it (the text wraps around): the
+    average over repeats is a typical cost rather than the cost of one particular text. Every
+    grid point reads windows with the same ends, so the comparison between context lengths is
+    not blurred by different texts. Each call is a single proposal, timed cold after the other
+    levels' forwards, as in decoding.
+    """
+    text_ids = text_ids.reshape(-1).cpu()
+    length = text_ids.numel()
+    if length == 0 or windows < 1:
+        raise DrafttrainError(f"ngram_call needs a non-empty text and windows >= 1 (got {length} ids, "
+                              f"windows={windows})")
+    ends = [i * length // windows for i in range(windows)]
+    visits: dict[tuple[int, int], int] = {}
+    tiled = [text_ids]
+    sampling = SamplingParams()
+
+    def call(tokens: int, context: int) -> None:
+        visit = visits.get((tokens, context), 0)
+        visits[tokens, context] = visit + 1
+        copies_before = math.ceil(context / length)  # whole copies of the text before the window ends
+        if tiled[0].numel() < (copies_before + 1) * length:
+            tiled[0] = text_ids.repeat(copies_before + 1)
+        stop = copies_before * length + ends[visit % windows]
+        drafter.propose(tiled[0][stop - context:stop], TreeShape.chain(tokens), sampling, None)
+
+    return call
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one call of `level` with `tokens` new tokens after `context` tokens (the
+    `robust_average` of the repeats)."""
+
+    level: str
+    tokens: int
+    context: int
+    seconds: float
+
+
+def context_buckets(max_positions: int, largest_tokens: int,
+                    max_context: int | None = None) -> tuple[list[int], list[int]]:
+    """Context lengths to fit on and to hold out.
+
+    Fit: powers of two from 32, plus the longest context that leaves room for `largest_tokens`
+    (capped at `max_context`), thinned to at most five values spread over that range, ends kept.
+    Held out: the midpoints between consecutive fit contexts.
+    """
+    longest = max_positions - largest_tokens - 1
+    if max_context is not None:
+        longest = min(longest, max_context)
+    if longest < SMALLEST_CONTEXT:
+        raise DrafttrainError(
+            f"the model has {max_positions} positions (context cap {max_context}), too few to time "
+            f"{largest_tokens} tokens after a context of {SMALLEST_CONTEXT}; time fewer tokens")
+    lengths = [SMALLEST_CONTEXT << i for i in range(64) if SMALLEST_CONTEXT << i < longest] + [longest]
+    if len(lengths) > MAX_FIT_CONTEXTS:
+        picks = np.unique(np.linspace(0, len(lengths) - 1, MAX_FIT_CONTEXTS).round().astype(int))
+        lengths = [lengths[i] for i in picks]
+    return lengths, [(a + b) // 2 for a, b in pairwise(lengths)]
+
+
+def measure(calls: Mapping[str, Call], token_counts: Sequence[int], context_lengths: Sequence[int],
+            repeats: int = 7, warmup: int = 2, progress: bool = False, seed: int = 0) -> list[Timing]:
+    """Time every call at every (n, L) of the grid; one `Timing` per level and point.
+
+    The grid is swept `warmup` times untimed, then `repeats` times timed, each sweep in a fresh
+    random order (seeded by `seed`), and at each point every level runs once, in turn. Spreading
+    a point's repeats over the whole measurement, rather than running them back to back, keeps a
+    busy spell of a shared machine from shifting whole rows or columns of the grid. A point's
+    seconds are the `robust_average` of its repeats.
+    """
+    if repeats < 1 or warmup < 0:
+        raise DrafttrainError(f"repeats={repeats}, warmup={warmup}: use repeats >= 1 and warmup >= 0")
+    grid = [(n, length) for length in context_lengths for n in token_counts]
+    samples: dict[tuple[str, int, int], list[float]] = {(level, n, length): [] for n, length in grid
+                                                        for level in calls}
+    sweeps = _sweeps(grid, warmup + repeats, seed)
+    for sweep, (tokens, context) in _with_progress(sweeps, progress):
+        for level, call in calls.items():
+            seconds = _seconds(call, tokens, context)
+            if sweep >= warmup:
+                samples[level, tokens, context].append(seconds)
+    return [Timing(level, n, length, robust_average(seconds)) for (level, n, length), seconds in samples.items()]
+
+
+def robust_average(samples: Sequence[float], trim: float = 0.2) -> float:
+    """The mean of the samples left after dropping the `trim` fraction at each end (at least one
+    each from three samples on).
+
+    Like the median, it ignores the spikes a busy machine adds to a few repeats. Unlike the
+    median, it does not jump between modes when the cost itself is bimodal: the n-gram drafter
+    is about twice as slow on texts whose last token recurs often, and in a 25-repeat run on
+    the reference target its held-out MAPE was 15% from medians against 5% from this average.
+    """
+    ordered = sorted(samples)
+    cut = max(1, round(trim * len(ordered))) if len(ordered) >= 3 else 0
+    kept = ordered[cut:len(ordered) - cut]
+    return sum(kept) / len(kept)
+
+
+def _sweeps(grid: list[tuple[int, int]], count: int, seed: int) -> list[tuple[int, tuple[int, int]]]:
+    """(sweep index, grid point) for `count` sweeps over `grid`, each in its own random order."""
+    rng = np.random.default_rng(seed)
+    return [(sweep, grid[i]) for sweep in range(count) for i in rng.permutation(len(grid))]
+
+
+def _seconds(call: Call, tokens: int, context: int) -> float:
+    start = time.perf_counter()
+    call(tokens, context)
+    return time.perf_counter() - start
+
+
+def _with_progress(items: list, progress: bool) -> Iterator:
+    if not progress:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description="timing forwards", total=len(items), transient=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Latency model
+# --------------------------------------------------------------------------------------------
+
+
+# The cost of a forward: a fixed part (weights read once, per-op overheads), parts growing with the
+# tokens (matmuls) and with the context (reading the KV cache), and attention growing with both:
+# c0 + c1*n + c3*L + c4*n*L. Two concave terms were added after timing the reference target on CPU:
+# - sqrt(n): the cost per token falls from n = 1 to about 16 (weight reads and op overheads are
+#   shared while the matmuls turn compute-bound). Without it the forwards' residuals follow n
+#   (over at n <= 2 and 64, under at 6..16) and their held-out MAPE is 6-7% instead of 3-4%.
+# - log(1 + L): the n-gram drafter's cost saturates in L (it steps up once the last token has
+#   recurred more than 64 times, then barely grows). Without it its held-out MAPE is 7-10%, with
+#   it 5-7%; for the forwards it changes nothing.
+# Every term is non-decreasing in n and L, and the coefficients are >= 0, so predictions are too.
+FORM = "c0 + c1*n + c2*sqrt(n) + c3*L + c4*n*L + c5*log(1+L)"
+TERM_NAMES = ("1", "n", "sqrt(n)", "L", "n*L", "log(1+L)")
+
+
+def _features(tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """[..., terms] values of the form's terms at (tokens, context)."""
+    tokens, context = np.broadcast_arrays(tokens, context)
+    return np.stack((np.ones_like(tokens), tokens, np.sqrt(tokens), context, tokens * context,
+                     np.log1p(context)), axis=-1)
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Predicted seconds = c0 + c1*n + c2*sqrt(n) + c3*L + c4*n*L + c5*log(1+L) for n new tokens
+    after L context tokens (`FORM`; `TERM_NAMES` names the coefficients in order).
+
+    All coefficients are non-negative, so predictions are monotone non-decreasing in n and L.
+    """
+
+    coefficients: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.coefficients) != len(TERM_NAMES):
+            raise ValueError(f"{FORM} needs {len(TERM_NAMES)} coefficients, got {len(self.coefficients)}")
+        if not all(math.isfinite(c) and c >= 0 for c in self.coefficients):
+            raise ValueError(f"latency coefficients must be finite and >= 0, got {self.coefficients}")
+
+    def predict(self, tokens: float | np.ndarray, context: float | np.ndarray) -> float | np.ndarray:
+        """Seconds for a forward of `tokens` after `context` (scalars, or arrays that broadcast)."""
+        features = _features(np.asarray(tokens, dtype=np.float64), np.asarray(context, dtype=np.float64))
+        seconds = features @ np.asarray(self.coefficients, dtype=np.float64)
+        return float(seconds) if seconds.ndim == 0 else seconds
+
+
+def fit_latency(timings: Sequence[Timing]) -> dict[str, LatencyModel]:
+    """One `LatencyModel` per level, fitted to that level's timings."""
+    return {level: _fit_level(group) for level, group in _by_level(timings).items()}
+
+
+def _by_level(timings: Sequence[Timing]) -> dict[str, list[Timing]]:
+    groups: dict[str, list[Timing]] = {}
+    for timing in timings:
+        groups.setdefault(timing.level, []).append(timing)
+    return groups
+
+
+def _fit_level(timings: Sequence[Timing]) -> LatencyModel:
+    """Non-negative least squares on relative errors (weights 1/seconds^2).
+
+    The constant term is an ordinary column (no free intercept), so it is constrained to be
+    non-negative like the others. Columns are scaled to a maximum of 1 for conditioning and the
+    coefficients scaled back.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    tokens, context, seconds = (np.array([getattr(t, name) for t in timings], dtype=np.float64)
+                                for name in ("tokens", "context", "seconds"))
+    if np.any(seconds <= 0) or not np.all(np.isfinite(seconds)):
+        raise DrafttrainError("latency timings must be positive finite seconds; re-measure them")
+    features = _features(tokens, context)
+    scale = features.max(axis=0)
+    scale[scale == 0] = 1.0
+    regression = LinearRegression(fit_intercept=False, positive=True)
+    regression.fit(features / scale, seconds, sample_weight=1.0 / seconds**2)
+    coefficients = np.clip(regression.coef_ / scale, 0.0, None)  # nnls gives >= 0; -0.0 aside
+    return LatencyModel(tuple(float(c) for c in coefficients))
+
+
+def split_timings(timings: Sequence[Timing], token_counts: Sequence[int],
+                  context_lengths: Sequence[int]) -> tuple[list[Timing], list[Timing]]:
+    """(timings on the grid token_counts x context_lengths, the others): to fit on and hold out."""
+    on_grid = [t for t in timings if t.tokens in token_counts and t.context in context_lengths]
+    return on_grid, [t for t in timings if not (t.tokens in token_counts and t.context in context_lengths)]
+
+
+def mape(model: LatencyModel, timings: Sequence[Timing]) -> float:
+    """Mean absolute percentage error of `model` on `timings`, as a fraction (0.05 = 5%)."""
+    if not timings:
+        raise ValueError("mape needs at least one timing")
+    tokens, context, seconds = (np.array([getattr(t, name) for t in timings], dtype=np.float64)
+                                for name in ("tokens", "context", "seconds"))
+    return float(np.mean(np.abs(model.predict(tokens, context) - seconds) / seconds))
+
+
+def mape_by_level(models: Mapping[str, LatencyModel], timings: Sequence[Timing]) -> dict[str, float]:
+    """`mape` of each level's model on that level's timings (levels without a model are skipped)."""
+    return {level: mape(models[level], group) for level, group in _by_level(timings).items() if level in models}
+
+
+# --------------------------------------------------------------------------------------------
+# Profile file
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LatencyProfile:
+    """Fitted latency models of every level, with the hardware they were measured on.
+
+    mape: held-out MAPE per level (None where not measured). grid: the token counts and context
+    lengths timed, for the record (e.g. {"token_counts": [...], "context_lengths": [...]}).
+    """
+
+    fingerprint: dict
+    models: dict[str, LatencyModel]
+    mape: dict[str, float] = field(default_factory=dict)
+    grid: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_timings(cls, fingerprint: dict, fit_timings: Sequence[Timing],
+                     held_out_timings: Sequence[Timing] = ()) -> LatencyProfile:
+        """Fit on `fit_timings`; score on `held_out_timings` if any."""
+        models = fit_latency(fit_timings)
+        grid = {"token_counts": sorted({t.tokens for t in fit_timings}),
+                "context_lengths": sorted({t.context for t in fit_timings})}
+        if held_out_timings:
+            grid["held_out_token_counts"] = sorted({t.tokens for t in held_out_timings})
+            grid["held_out_context_lengths"] = sorted({t.context for t in held_out_timings})
+        return cls(dict(fingerprint), models, mape_by_level(models, held_out_timings), grid)
+
+    def predict(self, level: str, tokens: float, context: float) -> float:
+        """Predicted seconds for `level` running `tokens` new tokens after `context` tokens."""
+        if level not in self.models:
+            raise DrafttrainError(f"the latency profile has no level {level!r} (it has {sorted(self.models)}): "
+                                  f"{RECALIBRATE} with that level")
+        return self.models[level].predict(tokens, context)
+
+    def check_hardware(self, current_fingerprint: Mapping) -> list[str]:
+        """Differences between the profiled hardware and `current_fingerprint` (empty: same)."""
+        return fingerprint_differences(self.fingerprint, current_fingerprint)
+
+    # ---- JSON -------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        levels = {name: {"form": FORM, "coefficients": list(model.coefficients), "mape": self.mape.get(name)}
+                  for name, model in self.models.items()}
+        return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "fingerprint": dict(self.fingerprint),
+                "levels": levels, "grid": {key: list(values) for key, values in self.grid.items()}}
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "latency profile") -> LatencyProfile:
+        """Validate a `to_json` document; every error names `source`, the field and the fix."""
+        document = _expect(data, dict, source, "(document)", "a JSON object")
+        _check_format(document, source)
+        fingerprint = _read_fingerprint(document, source)
+        levels = _expect(_required(document, "levels", source), dict, source, "levels", "an object {level: ...}")
+        if not levels:
+            raise _profile_error(source, "levels", "is empty; expected at least one level")
+        models, mapes = {}, {}
+        for name, entry in levels.items():
+            models[name], level_mape = _read_level(entry, source, f"levels.{name}")
+            if level_mape is not None:
+                mapes[name] = level_mape
+        return cls(fingerprint, models, mapes, _read_grid(document.get("grid", {}), source))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON, atomically."""
+        return write_atomically(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyProfile:
+        """Read and validate a profile written by `save`."""
+        path = Path(path)
+        source = f"latency profile {path}"
+        if not path.is_file():
+            raise DrafttrainError(f"{source} does not exist: {RECALIBRATE}, or check the path")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DrafttrainError(f"{source} is not readable JSON ({error}): {RECALIBRATE}") from None
+        return cls.from_json(data, source)
+
+
+def _profile_error(source: str, field_name: str, problem: str) -> DrafttrainError:
+    return DrafttrainError(f"{source}: field {field_name!r} {problem}. The file is damaged or not a latency "
+                           f"profile: {RECALIBRATE}")
+
+
+def _required(document: dict, key: str, source: str, prefix: str = "") -> object:
+    if key not in document:
+        raise _profile_error(source, prefix + key, "is missing")
+    return document[key]
+
+
+def _expect(value: object, kind: type | tuple[type, ...], source: str, field_name: str, expected: str):
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _profile_error(source, field_name, f"is {value!r}; expected {expected}")
+    return value
+
+
+def _check_format(document: dict, source: str) -> None:
+    found = _required(document, "format", source)
+    if found != PROFILE_FORMAT:
+        raise _profile_error(source, "format", f"is {found!r}, expected {PROFILE_FORMAT!r}")
+    version = _expect(_required(document, "version", source), int, source, "version", "an integer")
+    if version > PROFILE_VERSION:
+        raise DrafttrainError(
+            f"{source}: field 'version' is {version}, written by a newer drafttrain (this one reads "
+            f"version {PROFILE_VERSION}): upgrade drafttrain, or {RECALIBRATE} with this version")
+    if version < 1:
+        raise _profile_error(source, "version", f"is {version}; expected {PROFILE_VERSION}")
+
+
+def _read_fingerprint(document: dict, source: str) -> dict:
+    fingerprint = _expect(_required(document, "fingerprint", source), dict, source, "fingerprint", "an object")
+    for key in ("device", "dtype"):
+        _expect(_required(fingerprint, key, source, "fingerprint."), str, source, f"fingerprint.{key}", "a string")
+    threads = _expect(_required(fingerprint, "threads", source, "fingerprint."), int, source,
+                      "fingerprint.threads", "a positive integer")
+    if threads < 1:
+        raise _profile_error(source, "fingerprint.threads", f"is {threads}; expected a positive integer")
+    if "torch" in fingerprint:
+        _expect(fingerprint["torch"], str, source, "fingerprint.torch", "a string")
+    return dict(fingerprint)
+
+
+def _read_level(entry: object, source: str, prefix: str) -> tuple[LatencyModel, float | None]:
+    entry = _expect(entry, dict, source, prefix, "an object with 'form' and 'coefficients'")
+    form = _required(entry, "form", source, prefix + ".")
+    if form != FORM:
+        raise _profile_error(source, f"{prefix}.form", f"is {form!r}; this drafttrain fits {FORM!r}")
+    coefficients = _expect(_required(entry, "coefficients", source, prefix + "."), list, source,
+                           f"{prefix}.coefficients", f"a list of {len(TERM_NAMES)} numbers")
+    if len(coefficients) != len(TERM_NAMES):
+        raise _profile_error(source, f"{prefix}.coefficients",
+                             f"has {len(coefficients)} values; expected {len(TERM_NAMES)} (for {FORM})")
+    for index, value in enumerate(coefficients):
+        _non_negative_number(value, source, f"{prefix}.coefficients[{index}]")
+    level_mape = entry.get("mape")
+    if level_mape is not None:
+        level_mape = _non_negative_number(level_mape, source, f"{prefix}.mape")
+    return LatencyModel(tuple(float(c) for c in coefficients)), level_mape
+
+
+def _non_negative_number(value: object, source: str, field_name: str) -> float:
+    number = _expect(value, (int, float), source, field_name, "a finite number >= 0")
+    if not math.isfinite(number) or number < 0:
+        raise _profile_error(source, field_name, f"is {number!r}; expected a finite number >= 0")
+    return float(number)
+
+
+def _read_grid(grid: object, source: str) -> dict[str, list[int]]:
+    grid = _expect(grid, dict, source, "grid", "an object {name: [integers]}")
+    for key, values in grid.items():
+        values = _expect(values, list, source, f"grid.{key}", "a list of integers")
+        for value in values:
+            _expect(value, int, source, f"grid.{key}", "a list of integers")
+    return {key: list(values) for key, values in grid.items()}

@@ -1,0 +1,70 @@
+"""Online acceptance estimate per draft level: an exponential moving average over recent steps.
+
+The calibrated predictors say how likely a token is to be accepted from what the drafter knew
+when it drafted it; the online estimate says how the level has been doing on *this* sequence.
+After each verify step a level reports how many of its tokens the target judged (`judged`: the
+accepted ones, plus the one that was rejected, if any) and how many it accepted. The estimate
+of the per-token acceptance rate is the lambda-weighted ratio over the level's last `window`
+steps,
+
+    a = sum(lambda^age * accepted) / sum(lambda^age * judged)      (newest step: age 0),
+
+which for a geometric run of acceptances is the weighted maximum-likelihood estimate (counting
+drafted rather than judged tokens would bias it low for long drafts). Before a level has been
+judged, the estimate is its prior (the level's calibrated mean acceptance).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from drafttrain.errors import DrafttrainError
+
+
+def ema_acceptance(steps: list[tuple[int, int]], ema_lambda: float) -> float:
+    """The weighted ratio above for `steps` of (accepted, judged), oldest first."""
+    weights = [ema_lambda ** age for age in range(len(steps) - 1, -1, -1)]
+    judged = sum(w * j for w, (_, j) in zip(weights, steps))
+    return sum(w * a for w, (a, _) in zip(weights, steps)) / judged
+
+
+def judged_tokens(accepted: int, drafted_depth: int) -> int:
+    """Tokens the target judged on a path: the accepted ones, plus the rejected one if the path
+    stopped before the draft's depth."""
+    return accepted + (1 if accepted < drafted_depth else 0)
+
+
+@dataclass
+class AcceptanceEMA:
+    """Per-level moving averages of acceptance, with calibrated priors."""
+
+    ema_lambda: float = 0.7
+    window: int = 20
+    priors: dict[str, float] = field(default_factory=dict)
+    _steps: dict[str, deque] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ema_lambda <= 1.0:
+            raise DrafttrainError(f"ema_lambda={self.ema_lambda} is invalid: use a value in (0, 1]")
+        if self.window < 1:
+            raise DrafttrainError(f"window={self.window} is invalid: use 1 or more steps")
+
+    def observe(self, level: str, accepted: int, judged: int) -> None:
+        """Record one step in which the target judged `judged` of `level`'s tokens, accepting `accepted`."""
+        if judged <= 0:
+            return
+        if not 0 <= accepted <= judged:
+            raise ValueError(f"accepted={accepted} must be between 0 and judged={judged}")
+        self._steps.setdefault(level, deque(maxlen=self.window)).append((accepted, judged))
+
+    def estimate(self, level: str, default: float = 0.5) -> float:
+        """The level's moving average, else its prior, else `default`."""
+        steps = self._steps.get(level)
+        if steps:
+            return ema_acceptance(list(steps), self.ema_lambda)
+        return self.priors.get(level, default)
+
+    def reset(self) -> None:
+        """Forget every observation (before a new sequence); the priors stay."""
+        self._steps.clear()

@@ -1,0 +1,235 @@
+"""Calibrate a cascade: per-token acceptance traces, isotonic acceptance predictors, latency predictors.
+
+    drafttrain run calibrate --config configs/tiny/calibrate.yaml target=DIR prompts=CALIBRATION.jsonl
+
+1. Decodes the calibration prompts with every level (model drafts, self-draft levels from
+   levels.json, the n-gram drafter) drafting chains of `k` tokens, in every decoding mode, and
+   records one trace row per drafted token (out/traces/<mode>-<level>.csv; a finished part is
+   reused when the run is repeated with the same settings, so an interrupted run resumes).
+2. Splits the traces by prompt, fits isotonic acceptance predictors (and the logistic baseline)
+   on one side and scores them on the other (ECE, Brier, log-loss, AUC; reliability diagrams).
+3. Times every level's forward and the target's verify forward over token counts and context
+   lengths, fits latency predictors and scores them on held-out grid points (MAPE).
+4. Writes predictors.json, latency.json, traces.csv, report.json, report.md and the plots to `out`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from drafttrain.calibration.acceptance import fit_predictors
+from drafttrain.calibration.config import CalibrateConfig
+from drafttrain.calibration.latency import (
+    HELD_OUT_TOKEN_COUNTS,
+    TARGET_LEVEL,
+    LatencyProfile,
+    context_buckets,
+    hardware_fingerprint,
+    measure,
+    model_forward_call,
+    ngram_call,
+    split_timings,
+)
+from drafttrain.calibration.plots import reliability_diagram
+from drafttrain.calibration.report import evaluate_predictors, report_markdown
+from drafttrain.calibration.traces import TraceRecorder, Traces, mode_name
+from drafttrain.config import save_config
+from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.drafters import ModelDrafter, NgramDrafter, SelfDrafter
+from drafttrain.drafters.base import Drafter, TreeShape
+from drafttrain.drafters.cascade import CascadeSpec, build_drafters
+from drafttrain.errors import DrafttrainError
+from drafttrain.evaluation.prompts import load_prompts
+from drafttrain.io import write_atomically
+from drafttrain.runtime import load_model, load_tokenizer
+from drafttrain.runtime.loader import eos_token_ids
+from drafttrain.runtime.views import parse_self_spec
+
+CONFIG = CalibrateConfig
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cascade_spec(config: CalibrateConfig) -> CascadeSpec:
+    from drafttrain.search.study import read_levels
+
+    views = [level.spec for level in read_levels(config.levels)] if config.levels else []
+    if config.max_levels:
+        views = views[:config.max_levels]
+    views += [parse_self_spec(spec) for spec in config.self_specs]
+    return CascadeSpec(list(config.drafts), views, config.ngram, config.ngram_table)
+
+
+def check_not_eval_prompts(config: CalibrateConfig, texts: list[str]) -> None:
+    if config.eval_prompts is None:
+        return
+    shared = set(texts) & {prompt.text for prompt in load_prompts(config.eval_prompts)}
+    if shared:
+        raise DrafttrainError(f"{len(shared)} calibration prompt(s) in {config.prompts} also appear in the "
+                              f"evaluation prompts {config.eval_prompts}: calibrate on other text (e.g. the "
+                              "prompts.jsonl that `drafttrain run pretrain` writes from held-out training text)")
+
+
+def part_key(config: CalibrateConfig, level: str, what: str, temperature: float) -> str:
+    """A hash of everything a trace part depends on; a finished part with this key is reused."""
+    settings = {"target": str(Path(config.target).resolve()), "prompts": _file_sha256(config.prompts),
+                "num_prompts": config.num_prompts, "max_new_tokens": config.max_new_tokens, "k": config.k,
+                "temperature": temperature, "seed": config.seed, "level": level, "what": what,
+                "dtype": config.dtype}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_part(decoder, drafter, prompt_ids, prompt_names, generation: GenerationConfig, seed: int,
+                bar: Progress, task) -> Traces:
+    recorder = TraceRecorder(generation.sampling)
+    for index, (name, ids) in enumerate(zip(prompt_names, prompt_ids)):
+        recorder.prompt = name
+        config = GenerationConfig(generation.max_new_tokens, generation.sampling, generation.shape,
+                                  generation.eos_token_ids, (), seed + index)
+        decoder.generate(ids, drafter, config, trace=recorder)
+        bar.advance(task)
+    return recorder.traces()
+
+
+def timed_calls(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], text_ids: torch.Tensor) -> dict:
+    """One timed call per level (its drafting forward) and one for the target's verify forward."""
+    calls = {TARGET_LEVEL: model_forward_call(decoder.target)}
+    for name, drafter in drafters.items():
+        if isinstance(drafter, ModelDrafter):
+            calls[name] = model_forward_call(drafter.model)
+        elif isinstance(drafter, SelfDrafter):
+            calls[name] = model_forward_call(decoder.target, drafter.view)
+        elif isinstance(drafter, NgramDrafter):
+            calls[name] = ngram_call(drafter, text_ids)
+        else:
+            raise DrafttrainError(f"level {name}: no latency measurement for {type(drafter).__name__}")
+    return calls
+
+
+def calibrate_latency(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], prompt_ids: list[list[int]],
+                      token_counts: list[int], repeats: int, warmup: int, dtype: torch.dtype,
+                      progress: bool) -> tuple[LatencyProfile, dict]:
+    """Time every level over (token counts + held-out counts) x (fit + held-out contexts), fit on
+    the grid, score on the held-out points; returns the profile and a summary for the report."""
+    windows = [decoder.target.args.max_position_embeddings]
+    windows += [d.model.args.max_position_embeddings for d in drafters.values() if isinstance(d, ModelDrafter)]
+    fit_contexts, held_contexts = context_buckets(min(windows), max(token_counts))
+    held_tokens = [n for n in HELD_OUT_TOKEN_COUNTS if min(token_counts) < n < max(token_counts)]
+    text_ids = torch.tensor([token for ids in prompt_ids for token in ids])
+    timings = measure(timed_calls(decoder, drafters, text_ids), sorted(set(token_counts) | set(held_tokens)),
+                      sorted(fit_contexts + held_contexts), repeats, warmup, progress)
+    fit, held = split_timings(timings, token_counts, fit_contexts)
+    profile = LatencyProfile.from_timings(hardware_fingerprint(decoder.target.device, dtype), fit, held)
+    summary = {"mape": profile.mape, "fit_timings": _per_level(fit), "held_out_timings": _per_level(held),
+               "fingerprint": profile.fingerprint, "grid": profile.grid}
+    return profile, summary
+
+
+def _per_level(timings) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for timing in timings:
+        counts[timing.level] = counts.get(timing.level, 0) + 1
+    return counts
+
+
+def main(config: CalibrateConfig) -> None:
+    config.require_inputs()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    started = time.perf_counter()
+
+    # ---- inputs: prompts, target, levels
+    prompts = load_prompts(config.prompts, config.num_prompts)
+    check_not_eval_prompts(config, [prompt.text for prompt in prompts])
+    dtype, device = DTYPES[config.dtype], torch.device(config.device)
+    tokenizer = load_tokenizer(config.target)
+    target = load_model(config.target, dtype, device)
+    decoder = SpeculativeDecoder(target, tokenizer)
+    prompt_ids = [tokenizer(prompt.text).input_ids for prompt in prompts]
+    for ids in prompt_ids:
+        decoder.check_length(len(ids), config.max_new_tokens)
+    spec = cascade_spec(config)
+    drafters = build_drafters(spec, decoder, tokenizer, dtype, device)
+    eos = eos_token_ids(config.target, tokenizer)
+
+    # ---- 1. traces, one resumable part per (mode, level)
+    parts = []
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
+        for temperature in config.temperatures:
+            sampling = SamplingParams(temperature)
+            generation = GenerationConfig(config.max_new_tokens, sampling, TreeShape.chain(config.k), eos)
+            for name, drafter in drafters.items():
+                part_path = out / "traces" / f"{mode_name(sampling)}-{name}.csv"
+                key = part_key(config, name, spec.describe()[name], temperature)
+                key_path = part_path.with_suffix(".key")
+                if part_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
+                    parts.append(Traces.load_csv(part_path))
+                    print(f"traces {part_path.name}: reused ({len(parts[-1])} rows)")
+                    continue
+                task = bar.add_task(f"traces {mode_name(sampling)} {name}", total=len(prompts))
+                part = record_part(decoder, drafter, prompt_ids, [p.id for p in prompts], generation,
+                                   config.seed, bar, task)
+                part.save_csv(part_path)
+                write_atomically(key_path, key + "\n")
+                parts.append(part)
+                print(f"traces {part_path.name}: {len(part)} rows")
+    traces = Traces.concat(parts)
+    traces.save_csv(out / "traces.csv")
+
+    # ---- 2. acceptance predictors, fitted and scored on disjoint prompts
+    fit_rows, held_out = traces.split_by_prompt(config.held_out_fraction, config.seed)
+    predictors = fit_predictors(fit_rows, tuple(config.depth_edges), config.min_bucket_rows,
+                                config.ema_lambda, config.ema_window)
+    predictors.save(out / "predictors.json")
+    scores = evaluate_predictors(predictors, held_out)
+    plots = []
+    for mode, levels in predictors.modes.items():
+        for name, predictor in levels.items():
+            rows = held_out.select((held_out["mode"] == mode) & (held_out["level"] == name))
+            if len(rows.for_fitting()):
+                plots.append(reliability_diagram(predictor, rows, f"{name}, {mode}: held-out prompts",
+                                                 out / f"reliability-{mode}-{name}.png"))
+
+    # ---- 3. latency predictors
+    latency = None
+    if config.latency:
+        profile, latency = calibrate_latency(decoder, drafters, prompt_ids, config.latency_tokens,
+                                             config.latency_repeats, config.latency_warmup, dtype,
+                                             progress=sys.stderr.isatty())
+        profile.save(out / "latency.json")
+
+    # ---- 4. report
+    from drafttrain.cli import device_name
+
+    held_prompts = sorted(set(held_out["prompt"].tolist()))
+    report = {"target": str(config.target), "prompts": str(config.prompts), "num_prompts": len(prompts),
+              "held_out_prompts": len(held_prompts), "device": device_name(config.device, config.threads),
+              "levels": spec.describe(), "trace_rows": len(traces), "acceptance": scores, "latency": latency,
+              "plots": [str(path) for path in plots], "seconds": time.perf_counter() - started,
+              "command": shlex.join(sys.argv)}
+    write_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_atomically(out / "report.md", report_markdown(report))
+    print(report_markdown(report))
+    print(f"predictors written to {out / 'predictors.json'}" + (f", latency to {out / 'latency.json'}"
+                                                                  if config.latency else ""))
+
+
+if __name__ == "__main__":
+    from drafttrain.cli import main as cli
+
+    sys.exit(cli(["run", "calibrate", *sys.argv[1:]]))

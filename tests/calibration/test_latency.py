@@ -1,0 +1,258 @@
+"""Latency calibration: timing calls, the monotone fit, and the JSON profile with its validation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import runtime_model
+
+from drafttrain.calibration.latency import (
+    FORM,
+    TERM_NAMES,
+    LatencyModel,
+    LatencyProfile,
+    Timing,
+    context_buckets,
+    fingerprint_differences,
+    fit_latency,
+    hardware_fingerprint,
+    mape,
+    mape_by_level,
+    measure,
+    model_forward_call,
+    ngram_call,
+    robust_average,
+    split_timings,
+)
+from drafttrain.drafters import NgramDrafter
+from drafttrain.errors import DrafttrainError
+from drafttrain.runtime import SelfDraftView
+
+TOKENS = (1, 2, 4, 8, 16, 32, 64)
+CONTEXTS = (32, 64, 128, 512, 959)
+KNOWN = (4e-3, 2e-5, 1.5e-3, 2e-6, 1.4e-7, 3e-5)  # one per term of FORM
+
+
+def synthetic_timings(coefficients, level: str = "target", noise: float = 0.0, seed: int = 0) -> list[Timing]:
+    rng = np.random.default_rng(seed)
+    c0, c1, c2, c3, c4, c5 = coefficients
+    timings = []
+    for n in TOKENS:
+        for length in CONTEXTS:
+            seconds = c0 + c1 * n + c2 * math.sqrt(n) + c3 * length + c4 * n * length + c5 * math.log1p(length)
+            timings.append(Timing(level, n, length, seconds * (1 + noise * rng.standard_normal())))
+    return timings
+
+
+def fitted_profile() -> LatencyProfile:
+    fit = synthetic_timings(KNOWN) + synthetic_timings((1e-4, 1e-6, 0, 1e-7, 0, 2e-6), level="ngram")
+    held_out = [Timing("target", 3, 300, 0.006), Timing("ngram", 3, 300, 0.0002)]
+    fingerprint = {"device": "cpu: Test CPU", "dtype": "float32", "threads": 2, "torch": "2.13.0"}
+    return LatencyProfile.from_timings(fingerprint, fit, held_out)
+
+
+# ---- fitting --------------------------------------------------------------------------------
+
+
+def test_fit_recovers_known_coefficients():
+    model = fit_latency(synthetic_timings(KNOWN))["target"]
+    assert len(model.coefficients) == len(TERM_NAMES)
+    assert model.coefficients == pytest.approx(KNOWN, rel=1e-6)
+
+
+def test_predictions_are_monotone_in_tokens_and_context():
+    model = fit_latency(synthetic_timings(KNOWN, noise=0.1))["target"]
+    tokens, contexts = np.meshgrid(np.arange(1, 129), np.arange(0, 2048, 16), indexing="ij")
+    seconds = model.predict(tokens, contexts)
+    assert seconds.shape == tokens.shape
+    assert np.all(np.diff(seconds, axis=0) >= 0) and np.all(np.diff(seconds, axis=1) >= 0)
+
+
+def test_negative_intercept_data_gives_non_negative_coefficients():
+    timings = [Timing("x", n, length, -1e-3 + 2e-3 * n + 1e-5 * length) for n in TOKENS for length in CONTEXTS]
+    model = fit_latency(timings)["x"]
+    assert all(c >= 0 for c in model.coefficients)
+    assert model.coefficients[0] == 0.0  # an unconstrained fit would give -1e-3
+    assert model.predict(1, 0) >= 0
+    with pytest.raises(ValueError):
+        LatencyModel((-1.0,) + (0.0,) * (len(TERM_NAMES) - 1))
+
+
+def test_fit_rejects_non_positive_seconds():
+    with pytest.raises(DrafttrainError, match="positive"):
+        fit_latency([Timing("x", 1, 32, 0.0), Timing("x", 2, 32, 1.0)])
+
+
+def test_mape_against_hand_computed_values():
+    constant_one = LatencyModel((1.0,) + (0.0,) * (len(TERM_NAMES) - 1))
+    timings = [Timing("a", 1, 32, 2.0), Timing("a", 4, 64, 0.5)]
+    assert mape(constant_one, timings) == pytest.approx((0.5 + 1.0) / 2)
+    per_level = mape_by_level({"a": constant_one}, timings + [Timing("b", 1, 1, 1.0)])
+    assert per_level == {"a": pytest.approx(0.75)}  # levels without a model are skipped
+
+
+def test_robust_average_drops_the_extremes():
+    assert robust_average([1.0, 2.0, 3.0, 100.0, 4.0]) == pytest.approx(3.0)
+    assert robust_average([1.0, 3.0]) == pytest.approx(2.0)
+    assert robust_average([5.0]) == 5.0
+
+
+def test_split_timings_holds_out_points_off_the_grid():
+    timings = [Timing("a", n, length, 1.0) for n in (1, 3) for length in (32, 48)]
+    fit, held_out = split_timings(timings, (1,), (32,))
+    assert [(t.tokens, t.context) for t in fit] == [(1, 32)]
+    assert len(held_out) == 3
+
+
+def test_context_buckets():
+    fit, held_out = context_buckets(1024, 64)
+    assert fit == [32, 64, 128, 512, 959]
+    assert held_out == [48, 96, 320, 735]
+    fit, _ = context_buckets(1 << 15, 64)
+    assert len(fit) == 5 and fit[0] == 32 and fit[-1] == (1 << 15) - 65
+    assert context_buckets(4096, 64, max_context=100)[0] == [32, 64, 100]
+    with pytest.raises(DrafttrainError, match="positions"):
+        context_buckets(64, 64)
+
+
+# ---- profile file ---------------------------------------------------------------------------
+
+
+def test_profile_json_round_trip_predicts_identically(tmp_path: Path):
+    profile = fitted_profile()
+    assert set(profile.mape) == {"target", "ngram"}
+    path = profile.save(tmp_path / "latency.json")
+    loaded = LatencyProfile.load(path)
+    tokens, contexts = np.meshgrid(np.arange(1, 65), np.arange(0, 1024, 7))
+    for level in ("target", "ngram"):
+        assert np.array_equal(loaded.models[level].predict(tokens, contexts),
+                              profile.models[level].predict(tokens, contexts))
+        assert loaded.predict(level, 5, 300) == profile.predict(level, 5, 300)
+    assert loaded.fingerprint == profile.fingerprint
+    assert loaded.mape == profile.mape and loaded.grid == profile.grid
+    assert LatencyProfile.from_json(profile.to_json()).models == profile.models
+    document = json.loads(path.read_text())
+    assert document["format"] == "drafttrain-latency" and document["version"] == 1
+    assert document["levels"]["target"]["form"] == FORM
+
+
+def test_profile_predict_unknown_level():
+    with pytest.raises(DrafttrainError, match="no level 'draft'"):
+        fitted_profile().predict("draft", 1, 32)
+
+
+def _break(document: dict, change: str) -> dict:
+    if change == "missing levels":
+        del document["levels"]
+    elif change == "negative coefficient":
+        document["levels"]["target"]["coefficients"][2] = -1e-3
+    elif change == "wrong coefficient count":
+        document["levels"]["target"]["coefficients"].pop()
+    elif change == "wrong format":
+        document["format"] = "drafttrain-bigram"
+    elif change == "newer version":
+        document["version"] = 2
+    elif change == "threads not an int":
+        document["fingerprint"]["threads"] = "2"
+    elif change == "missing device":
+        del document["fingerprint"]["device"]
+    elif change == "infinite coefficient":
+        document["levels"]["ngram"]["coefficients"][0] = math.inf
+    return document
+
+
+@pytest.mark.parametrize(("change", "field", "fix"), [
+    ("missing levels", "'levels'", "drafttrain run calibrate"),
+    ("negative coefficient", "'levels.target.coefficients[2]'", "drafttrain run calibrate"),
+    ("wrong coefficient count", "'levels.target.coefficients'", "drafttrain run calibrate"),
+    ("wrong format", "'format'", "drafttrain run calibrate"),
+    ("newer version", "'version'", "upgrade drafttrain"),
+    ("threads not an int", "'fingerprint.threads'", "drafttrain run calibrate"),
+    ("missing device", "'fingerprint.device'", "drafttrain run calibrate"),
+    ("infinite coefficient", "'levels.ngram.coefficients[0]'", "drafttrain run calibrate"),
+])
+def test_load_rejects_malformed_profiles(tmp_path: Path, change: str, field: str, fix: str):
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(_break(fitted_profile().to_json(), change)))  # json writes inf as Infinity
+    with pytest.raises(DrafttrainError) as error:
+        LatencyProfile.load(path)
+    message = str(error.value)
+    assert str(path) in message and field in message and fix in message
+
+
+def test_load_rejects_missing_and_non_json_files(tmp_path: Path):
+    with pytest.raises(DrafttrainError, match="does not exist: run `drafttrain run calibrate`"):
+        LatencyProfile.load(tmp_path / "absent.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "drafttrain-latency", ')
+    with pytest.raises(DrafttrainError, match="not readable JSON"):
+        LatencyProfile.load(broken)
+    broken.write_text("[1, 2]")
+    with pytest.raises(DrafttrainError, match="JSON object"):
+        LatencyProfile.load(broken)
+
+
+# ---- hardware -------------------------------------------------------------------------------
+
+
+def test_hardware_fingerprint_and_differences():
+    here = hardware_fingerprint("cpu", torch.float32)
+    assert here["device"].startswith("cpu: ") and here["dtype"] == "float32"
+    assert here["threads"] == torch.get_num_threads() and here["torch"] == torch.__version__
+    assert fingerprint_differences(here, dict(here)) == []
+    elsewhere = dict(here, device="cpu: Other CPU", threads=here["threads"] + 1)
+    differences = fingerprint_differences(elsewhere, here)
+    assert len(differences) == 2
+    assert differences[0] == f"device: {here['device']!r} here vs 'cpu: Other CPU' in the profile"
+    assert differences[1].startswith("threads: ")
+    profile = fitted_profile()
+    assert any(line.startswith("device:") for line in profile.check_hardware(here))
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+
+def test_measure_times_every_level_at_every_point(one_thread):
+    model = runtime_model(0, vocab=16, layers=2, max_pos=128)
+    text = torch.tensor([1, 2, 3, 4, 1, 2, 3, 5] * 3)
+    calls = {"target": model_forward_call(model),
+             "self": model_forward_call(model, SelfDraftView(skip_attn=frozenset({1}))),
+             "ngram": ngram_call(NgramDrafter(), text)}  # contexts longer than the text: it wraps
+    timings = measure(calls, (1, 4), (8, 40), repeats=3, warmup=1)
+    assert sorted((t.level, t.tokens, t.context) for t in timings) == sorted(
+        (level, n, length) for level in calls for n in (1, 4) for length in (8, 40))
+    assert all(t.seconds > 0 for t in timings)
+
+
+def test_measure_interleaves_levels_at_each_point():
+    order: list[tuple[str, int, int]] = []
+
+    def recorder(level: str):
+        return lambda tokens, context: order.append((level, tokens, context))
+
+    levels = ("target", "self", "ngram")
+    timings = measure({level: recorder(level) for level in levels}, (1, 2), (16, 32), repeats=3, warmup=2)
+    assert len(timings) == 3 * 4
+    assert len(order) == (2 + 3) * 4 * 3
+    for start in range(0, len(order), 3):  # every visit of a point runs each level once, in turn
+        visit = order[start:start + 3]
+        assert [level for level, _, _ in visit] == list(levels)
+        assert len({(n, length) for _, n, length in visit}) == 1
+    points = [(n, length) for level, n, length in order if level == "target"]
+    for sweep in range(5):  # each sweep visits every grid point once
+        assert sorted(points[sweep * 4:(sweep + 1) * 4]) == [(1, 16), (1, 32), (2, 16), (2, 32)]
+
+
+def test_forward_call_checks_the_model_size():
+    model = runtime_model(0, max_pos=64)
+    call = model_forward_call(model)
+    call(4, 60)
+    with pytest.raises(DrafttrainError, match="64 positions"):
+        call(8, 60)
+    with pytest.raises(DrafttrainError, match="layers"):
+        model_forward_call(model, SelfDraftView(skip_mlp=frozenset({7})))
