@@ -6,8 +6,9 @@
    levels.json, the n-gram drafter) drafting chains of `k` tokens, in every decoding mode, and
    records one trace row per drafted token (out/traces/<mode>-<level>.csv; a finished part is
    reused when the run is repeated with the same settings, so an interrupted run resumes).
-2. Splits the traces by prompt, fits isotonic acceptance predictors (and the logistic baseline)
-   on one side and scores them on the other (ECE, Brier, log-loss, AUC; reliability diagrams).
+2. Fits isotonic acceptance predictors (and the logistic baseline) per level and depth bucket,
+   and scores them out of fold: each fold of prompts is predicted by predictors fitted on the
+   other folds (ECE, Brier, log-loss, AUC, chain acceptance; reliability diagrams).
 3. Times every level's forward and the target's verify forward over token counts and context
    lengths, fits latency predictors and scores them on held-out grid points (MAPE).
 4. Writes predictors.json, latency.json, traces.csv, report.json, report.md and the plots to `out`.
@@ -191,19 +192,16 @@ def main(config: CalibrateConfig) -> None:
     traces = Traces.concat(parts)
     traces.save_csv(out / "traces.csv")
 
-    # ---- 2. acceptance predictors, fitted and scored on disjoint prompts
-    fit_rows, held_out = traces.split_by_prompt(config.held_out_fraction, config.seed)
-    predictors = fit_predictors(fit_rows, tuple(config.depth_edges), config.min_bucket_rows,
-                                config.ema_lambda, config.ema_window)
+    # ---- 2. acceptance predictors: fitted on every row, scored out of fold (by prompt)
+    edges = tuple(config.depth_edges)
+    predictors = fit_predictors(traces, edges, config.min_bucket_rows, config.ema_lambda, config.ema_window,
+                                config.isotonic_bins)
     predictors.save(out / "predictors.json")
-    scores = evaluate_predictors(predictors, held_out)
-    plots = []
-    for mode, levels in predictors.modes.items():
-        for name, predictor in levels.items():
-            rows = held_out.select((held_out["mode"] == mode) & (held_out["level"] == name))
-            if len(rows.for_fitting()):
-                plots.append(reliability_diagram(predictor, rows, f"{name}, {mode}: held-out prompts",
-                                                 out / f"reliability-{mode}-{name}.png"))
+    scores, predictions = evaluate_predictors(predictors, traces, config.folds, config.seed, edges,
+                                              config.min_bucket_rows, config.isotonic_bins)
+    plots = [reliability_diagram(oof, f"{name}, {mode}: out-of-fold predictions",
+                                 out / f"reliability-{mode}-{name}.png")
+             for (mode, name), oof in predictions.items() if oof.rows["parent_on_path"].any()]
 
     # ---- 3. latency predictors
     latency = None
@@ -216,9 +214,8 @@ def main(config: CalibrateConfig) -> None:
     # ---- 4. report
     from drafttrain.cli import device_name
 
-    held_prompts = sorted(set(held_out["prompt"].tolist()))
     report = {"target": str(config.target), "prompts": str(config.prompts), "num_prompts": len(prompts),
-              "held_out_prompts": len(held_prompts), "device": device_name(config.device, config.threads),
+              "folds": config.folds, "device": device_name(config.device, config.threads),
               "levels": spec.describe(), "trace_rows": len(traces), "acceptance": scores, "latency": latency,
               "plots": [str(path) for path in plots], "seconds": time.perf_counter() - started,
               "command": shlex.join(sys.argv)}

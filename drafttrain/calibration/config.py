@@ -38,9 +38,12 @@ class CalibrateConfig:
     k: int = _help("chain length drafted by every level while recording traces", default=8)
     temperatures: list[float] = _help("decoding modes to calibrate: 0 is greedy, > 0 samples",
                                       default_factory=lambda: [0.0])
-    held_out_fraction: float = _help("fraction of prompts held out to evaluate the predictors", default=0.3)
+    folds: int = _help("the predictors are scored out of fold: prompts are split into this many folds and "
+                       "each fold is predicted by predictors fitted on the others", default=5)
     depth_edges: list[int] = _help("lower edges of the depth buckets (1, 2, 3-4, 5-8, 9+ by default)",
                                    default_factory=lambda: [1, 2, 3, 5, 9])
+    isotonic_bins: int = _help("fit each isotonic map on the means of this many quantile bins of confidence "
+                               "(0: on every row)", default=16)
     min_bucket_rows: int = _help("a depth bucket with fewer fit rows merges into its neighbour", default=200)
     ema_lambda: float = _help("online acceptance estimate: weight decay per step", default=0.7)
     ema_window: int = _help("online acceptance estimate: steps remembered", default=20)
@@ -59,12 +62,12 @@ class CalibrateConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise DrafttrainError(f"{name}={value!r} is invalid: it must be a positive integer")
-        for name in ("num_prompts", "max_levels", "latency_warmup", "threads"):
+        for name in ("num_prompts", "max_levels", "latency_warmup", "threads", "isotonic_bins"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise DrafttrainError(f"{name}={value!r} is invalid: it must be an integer >= 0")
-        if not 0.0 < self.held_out_fraction < 1.0:
-            raise DrafttrainError(f"held_out_fraction={self.held_out_fraction} is invalid: use a fraction in (0, 1)")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise DrafttrainError(f"folds={self.folds!r} is invalid: use 2 or more folds")
         if not 0.0 < self.ema_lambda <= 1.0:
             raise DrafttrainError(f"ema_lambda={self.ema_lambda} is invalid: use a value in (0, 1]")
         if not self.temperatures or any(t < 0 for t in self.temperatures):

@@ -7,24 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from drafttrain.calibration.acceptance import LevelPredictor, raw_confidence
 from drafttrain.calibration.metrics import expected_calibration_error, reliability_bins
-from drafttrain.calibration.traces import Traces
+from drafttrain.calibration.report import OutOfFold
 from drafttrain.io import write_atomically
 
 
-def reliability_diagram(predictor: LevelPredictor, rows: Traces, title: str, path: str | Path) -> Path:
-    """Raw confidence, isotonic and logistic predictions on held-out `rows` (parent accepted),
-    each as observed acceptance per bin of prediction, with the bin counts below; written atomically."""
+def reliability_diagram(predictions: OutOfFold, title: str, path: str | Path) -> Path:
+    """Raw confidence, isotonic and logistic out-of-fold predictions (rows whose parent was
+    accepted), each as observed acceptance per bin of prediction, with the bin counts below;
+    written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    judged = rows.for_fitting()
+    judged, series = predictions.judged()
     outcome = judged["outcome"]
-    series = {"raw confidence": raw_confidence(judged), "isotonic": predictor.predict_rows(judged),
-              "logistic": predictor.predict_logistic(judged)}
     figure, (curve, counts) = plt.subplots(2, 1, figsize=(4.8, 5.6), sharex=True,
                                            gridspec_kw={"height_ratios": [3, 1]})
     curve.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
@@ -33,7 +31,7 @@ def reliability_diagram(predictor: LevelPredictor, rows: Traces, title: str, pat
         filled = bin_counts > 0
         ece = expected_calibration_error(predicted, outcome)
         curve.plot(mean_predicted[filled], mean_observed[filled], marker=marker, markersize=4,
-                   label=f"{label} (ECE {ece:.3f})")
+                   label=f"{label} {'confidence ' if label == 'raw' else ''}(ECE {ece:.3f})")
         if label == "isotonic":
             edges = np.linspace(0, 1, len(bin_counts) + 1)
             counts.bar(edges[:-1], bin_counts, width=np.diff(edges), align="edge", color="#4c72b0")

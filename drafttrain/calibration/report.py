@@ -1,20 +1,29 @@
-"""Scoring fitted acceptance predictors on held-out traces, and the calibration report.
+"""Scoring acceptance predictors out of fold, and the calibration report.
+
+Predictors are scored on prompts they were not fitted on: the prompts are split into folds, and
+each fold's rows are predicted by predictors fitted on the other folds (cross-fitting). Pooling
+the out-of-fold predictions scores every calibration row, which keeps the sampling noise of the
+scores (ECE in particular) low; one fixed held-out split would score a few prompts only, and
+prompts differ a lot in how predictable they are. The predictors that are saved are fitted on
+all rows.
 
 For each (mode, level): ECE, Brier score, log-loss and AUC of the raw draft confidence, the
-isotonic predictor and the logistic baseline on held-out rows (parent accepted); the same per
+isotonic predictor and the logistic baseline on rows whose parent was accepted; the same per
 depth bucket; and, for chains, how well the product of calibrated per-token probabilities
 predicts that the first j tokens are all accepted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from drafttrain.calibration.acceptance import (
     AcceptancePredictors,
-    LevelPredictor,
     chain_acceptance,
     depth_buckets,
+    fit_level,
     raw_confidence,
 )
 from drafttrain.calibration.metrics import (
@@ -24,26 +33,50 @@ from drafttrain.calibration.metrics import (
 from drafttrain.calibration.traces import Traces
 
 
-def evaluate_level(predictor: LevelPredictor, rows: Traces) -> dict:
-    """Scores of one level on held-out `rows` (all rows of the level; fitting rows are selected)."""
-    judged = rows.for_fitting()
+@dataclass
+class OutOfFold:
+    """Predictions for every row of one (mode, level), each from predictors fitted without its prompt."""
+
+    rows: Traces
+    isotonic: np.ndarray
+    logistic: np.ndarray
+
+    def judged(self) -> tuple[Traces, dict[str, np.ndarray]]:
+        """The rows whose parent was accepted, and the raw / isotonic / logistic predictions for them."""
+        mask = self.rows["parent_on_path"]
+        rows = self.rows.select(mask)
+        return rows, {"raw": raw_confidence(rows), "isotonic": self.isotonic[mask], "logistic": self.logistic[mask]}
+
+
+def out_of_fold(rows: Traces, folds: int, seed: int, depth_edges: tuple[int, ...], min_rows: int,
+                bins: int) -> OutOfFold:
+    """Cross-fitted predictions for the rows of one (mode, level)."""
+    fold = rows.prompt_folds(folds, seed)
+    isotonic, logistic = np.empty(len(rows)), np.empty(len(rows))
+    for index in range(folds):
+        held = fold == index
+        predictor, _ = fit_level(rows.select(~held).for_fitting(), depth_edges, min_rows, bins)
+        isotonic[held] = predictor.predict_rows(rows.select(held))
+        logistic[held] = predictor.predict_logistic(rows.select(held))
+    return OutOfFold(rows, isotonic, logistic)
+
+
+def evaluate_level(predictions: OutOfFold, depth_edges: tuple[int, ...]) -> dict:
+    """Scores of one level's out-of-fold predictions."""
+    judged, predicted = predictions.judged()
     outcome = judged["outcome"]
-    isotonic = predictor.predict_rows(judged)
-    scores = {"raw": calibration_summary(raw_confidence(judged), outcome),
-              "isotonic": calibration_summary(isotonic, outcome),
-              "logistic": calibration_summary(predictor.predict_logistic(judged), outcome)}
-    buckets = depth_buckets(judged["depth"], predictor.depth_edges)
+    scores = {name: calibration_summary(values, outcome) for name, values in predicted.items()}
+    buckets = depth_buckets(judged["depth"], depth_edges)
     scores["by_depth"] = [
-        {"depths": _bucket_label(predictor.depth_edges, bucket),
-         **calibration_summary(isotonic[buckets == bucket], outcome[buckets == bucket])}
-        for bucket in range(len(predictor.depth_edges)) if (buckets == bucket).any()]
-    scores["chain"] = chain_scores(predictor, rows)
+        {"depths": _bucket_label(depth_edges, bucket),
+         **calibration_summary(predicted["isotonic"][buckets == bucket], outcome[buckets == bucket])}
+        for bucket in range(len(depth_edges)) if (buckets == bucket).any()]
+    scores["chain"] = chain_scores(predictions.isotonic, predictions.rows)
     return scores
 
 
-def chain_scores(predictor: LevelPredictor, rows: Traces, max_j: int = 8) -> list[dict]:
+def chain_scores(per_token: np.ndarray, rows: Traces, max_j: int = 8) -> list[dict]:
     """Per j: mean predicted and observed P(first j tokens all accepted) over chain steps."""
-    per_token = predictor.predict_rows(rows)
     predicted: dict[int, list[float]] = {}
     observed: dict[int, list[float]] = {}
     for nodes in _chain_steps(rows):
@@ -81,14 +114,18 @@ def _bucket_label(edges: tuple[int, ...], bucket: int) -> str:
     return str(low) if high == low else f"{low}-{high}"
 
 
-def evaluate_predictors(predictors: AcceptancePredictors, held_out: Traces) -> dict:
-    """{mode: {level: evaluate_level(...)}} over the held-out traces."""
-    results: dict[str, dict] = {}
+def evaluate_predictors(predictors: AcceptancePredictors, traces: Traces, folds: int, seed: int,
+                        depth_edges: tuple[int, ...], min_rows: int,
+                        bins: int) -> tuple[dict, dict[tuple[str, str], OutOfFold]]:
+    """({mode: {level: scores}}, {(mode, level): out-of-fold predictions}) for every fitted level."""
+    scores: dict[str, dict] = {}
+    predictions: dict[tuple[str, str], OutOfFold] = {}
     for mode, levels in predictors.modes.items():
-        in_mode = held_out.select(held_out["mode"] == mode)
-        results[mode] = {name: evaluate_level(predictor, in_mode.select(in_mode["level"] == name))
-                         for name, predictor in levels.items() if (in_mode["level"] == name).any()}
-    return results
+        for name, predictor in levels.items():
+            rows = traces.select((traces["mode"] == mode) & (traces["level"] == name))
+            predictions[mode, name] = out_of_fold(rows, folds, seed, depth_edges, min_rows, bins)
+            scores.setdefault(mode, {})[name] = evaluate_level(predictions[mode, name], predictor.depth_edges)
+    return scores, predictions
 
 
 # ---------------------------------------------------------------- markdown
@@ -99,8 +136,8 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def acceptance_table(scores: dict) -> list[str]:
-    """The markdown table of held-out calibration scores, one row per (mode, level)."""
-    lines = [("| mode | level | held-out rows | acceptance | ECE raw | ECE isotonic | ECE logistic | "
+    """The markdown table of out-of-fold calibration scores, one row per (mode, level)."""
+    lines = [("| mode | level | rows | acceptance | ECE raw | ECE isotonic | ECE logistic | "
               "Brier raw / iso | log-loss raw / iso | AUC raw / iso |"),
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for mode, levels in scores.items():
@@ -124,10 +161,10 @@ def latency_table(mape: dict[str, float], fit_rows: dict[str, int], held_rows: d
 
 def report_markdown(report: dict) -> str:
     lines = ["# Calibration report", "", f"Target: `{report['target']}`  ", f"Device: {report['device']}  ",
-             (f"Calibration prompts: `{report['prompts']}` ({report['num_prompts']} prompts, "
-              f"{report['held_out_prompts']} held out)"), "", "## Levels", ""]
+             (f"Calibration prompts: `{report['prompts']}` ({report['num_prompts']} prompts, scored out of fold "
+              f"over {report['folds']} folds)"), "", "## Levels", ""]
     lines += [f"- `{name}`: {what}" for name, what in report["levels"].items()]
-    lines += ["", "## Acceptance predictors (held-out prompts)", ""] + acceptance_table(report["acceptance"])
+    lines += ["", "## Acceptance predictors (out-of-fold predictions)", ""] + acceptance_table(report["acceptance"])
     if report.get("latency"):
         latency = report["latency"]
         lines += ["", "## Latency predictors (held-out grid points)", ""]

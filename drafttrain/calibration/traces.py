@@ -166,14 +166,16 @@ class Traces:
         """Rows whose parent was accepted: the contexts the decoder actually reaches."""
         return self.select(self.columns["parent_on_path"])
 
-    def split_by_prompt(self, held_out_fraction: float, seed: int = 0) -> tuple[Traces, Traces]:
-        """(fit, held_out): whole prompts go to one side, so no context leaks across the split."""
+    def prompt_folds(self, folds: int, seed: int = 0) -> np.ndarray:
+        """[rows] fold index in 0..folds-1; whole prompts share a fold, so no context leaks
+        between the rows a predictor is fitted on and the rows it is scored on."""
         prompts = sorted(set(self.columns["prompt"].tolist()))
+        if len(prompts) < folds:
+            raise DrafttrainError(f"{len(prompts)} calibration prompt(s) cannot be split into {folds} folds: "
+                                  "use more prompts or fewer folds")
         order = np.random.default_rng(seed).permutation(len(prompts))
-        count = max(1, round(held_out_fraction * len(prompts))) if len(prompts) > 1 else 0
-        held = {prompts[i] for i in order[:count]}
-        mask = np.array([prompt in held for prompt in self.columns["prompt"].tolist()], dtype=bool)
-        return self.select(~mask), self.select(mask)
+        fold_of = {prompts[index]: rank % folds for rank, index in enumerate(order)}
+        return np.array([fold_of[prompt] for prompt in self.columns["prompt"].tolist()], dtype=np.int64)
 
     # ---- files ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from drafttrain.calibration.acceptance import (
+    DEPTH_EDGES,
     AcceptancePredictors,
     IsotonicMap,
     chain_acceptance,
@@ -17,8 +18,9 @@ from drafttrain.calibration.acceptance import (
     fit_predictors,
     logistic_features,
     merge_sparse_buckets,
+    quantile_bin_means,
 )
-from drafttrain.calibration.metrics import expected_calibration_error
+from drafttrain.calibration.report import evaluate_level, out_of_fold
 from drafttrain.calibration.traces import TRACE_COLUMNS, Traces
 from drafttrain.errors import DrafttrainError
 
@@ -90,13 +92,31 @@ def test_a_known_acceptance_curve_is_recovered():
         assert np.max(np.abs(predicted - truth)) < 0.06, (depth, predicted - truth)
 
 
-def test_calibration_lowers_ece_on_held_out_rows():
+def test_calibration_lowers_ece_out_of_fold():
     traces, _ = synthetic_traces(20000, seed=3)
-    fit, held = traces.split_by_prompt(0.3, seed=0)
-    predictor, _ = fit_level(fit)
-    raw = expected_calibration_error(held["q_token"], held["outcome"])
-    calibrated = expected_calibration_error(predictor.predict_rows(held), held["outcome"])
-    assert raw > 0.1 and calibrated < 0.03
+    scores = evaluate_level(out_of_fold(traces, 5, 0, DEPTH_EDGES, 200, 16), DEPTH_EDGES)
+    assert scores["raw"]["ece"] > 0.1 and scores["isotonic"]["ece"] < 0.03
+    assert scores["isotonic"]["rows"] == len(traces)
+    assert scores["chain"][0]["j"] == 1 and scores["by_depth"][0]["depths"] == "1"
+
+
+def test_quantile_bin_means_by_hand():
+    confidence = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.9, 0.9, 0.9])
+    outcome = np.array([0, 0, 1, 0, 1, 1, 0, 1.0])
+    means, outcomes, counts = quantile_bin_means(confidence, outcome, 2)
+    np.testing.assert_allclose(means, [0.25, 0.9])  # median 0.65 splits 4 / 4
+    np.testing.assert_allclose(outcomes, [0.25, 0.75])
+    np.testing.assert_array_equal(counts, [4, 4])
+    means, _, counts = quantile_bin_means(np.full(5, 0.5), np.ones(5), 16)  # ties merge into one bin
+    assert means.tolist() == [0.5] and counts.tolist() == [5]
+
+
+def test_unbinned_fit_is_plain_isotonic_regression():
+    traces, _ = synthetic_traces(500, seed=7)
+    isotonic, _ = IsotonicMap.fit(traces["q_token"], traces["outcome"], bins=0)
+    reference = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(traces["q_token"], traces["outcome"])
+    probe = np.linspace(0, 1, 101)
+    np.testing.assert_array_equal(isotonic.predict(probe), reference.predict(probe))
 
 
 def test_ngram_level_calibrates_on_match_length():

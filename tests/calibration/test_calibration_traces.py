@@ -109,7 +109,7 @@ def test_sampling_traces_record_expected_acceptance(decoder):
     assert not np.isin(traces["outcome"], (0.0, 1.0)).all()  # fractional min(1, p/q) values
 
 
-def test_csv_round_trip_and_prompt_split(decoder, tmp_path):
+def test_csv_round_trip_and_prompt_folds(decoder, tmp_path):
     traces = record(decoder, NgramDrafter(), prompts=[(1, 2, 3, 1, 2, 3, i % 5) for i in range(6)])
     path = traces.save_csv(tmp_path / "traces.csv")
     loaded = Traces.load_csv(path)
@@ -120,10 +120,13 @@ def test_csv_round_trip_and_prompt_split(decoder, tmp_path):
             np.testing.assert_array_equal(expected[~np.isnan(expected)], actual[~np.isnan(actual)])
         else:
             assert expected.tolist() == actual.tolist(), name
-    fit, held = loaded.split_by_prompt(0.34, seed=0)
-    assert len(fit) + len(held) == len(loaded)
-    assert not set(fit["prompt"].tolist()) & set(held["prompt"].tolist())
-    assert len(set(held["prompt"].tolist())) == 2
+    folds = loaded.prompt_folds(3, seed=0)
+    prompt_fold = {}
+    for prompt, fold in zip(loaded["prompt"].tolist(), folds.tolist()):
+        assert prompt_fold.setdefault(prompt, fold) == fold  # a prompt's rows share one fold
+    assert sorted(np.bincount(list(prompt_fold.values())).tolist()) == [2, 2, 2]
+    with pytest.raises(DrafttrainError, match="cannot be split into 7 folds"):
+        loaded.prompt_folds(7)
 
 
 def test_malformed_trace_files_are_clear_errors(tmp_path):
