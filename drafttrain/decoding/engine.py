@@ -129,7 +129,7 @@ class SpeculativeDecoder:
                 drafter.observe(tree, path)
             if trace is not None and len(tree):
                 trace(VerifiedStep(drafter.name, tree, depths, logits, path, length))
-            stats.record_step(drafter.name if shape else None, depths, len(path))
+            stats.record_step(drafter.name if shape else None, depths, path, tree.levels)
             for token in tree.tokens[path].tolist() + [next_token]:
                 ids[length] = token
                 length += 1

@@ -19,12 +19,22 @@ class RunStats:
     verify_seconds: float = 0.0
     total_seconds: float = 0.0
 
-    def record_step(self, drafter: str | None, depths: list[int], accepted: int) -> None:
+    def record_step(self, drafter: str | None, depths: list[int], path: list[int],
+                    node_levels: list[str] | None = None) -> None:
+        """One verify step: `path` is the accepted nodes; `node_levels` names the level that drafted
+        each node when a scheduler mixes levels in one tree (else every node counts for `drafter`)."""
         self.target_forwards += 1
         if drafter is None:
             return
-        self.drafted[drafter] = self.drafted.get(drafter, 0) + len(depths)
-        self.accepted[drafter] = self.accepted.get(drafter, 0) + accepted
+        levels = [drafter] * len(depths) if node_levels is None else node_levels
+        for level in levels if node_levels is not None else [drafter]:
+            self.drafted.setdefault(level, 0)
+            self.accepted.setdefault(level, 0)
+        for level in levels:
+            self.drafted[level] += 1
+        for node in path:
+            self.accepted[levels[node]] += 1
+        accepted = len(path)
         deepest = max(depths, default=0)
         for counts in (self.drafted_by_depth, self.accepted_by_depth):
             counts.extend([0] * (deepest - len(counts)))

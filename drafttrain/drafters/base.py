@@ -70,6 +70,8 @@ class DraftTree:
     match_lengths: [n] for n-gram drafts, the length of the context suffix each token's
               continuation was matched on (0 for a bigram-table guess); None for other drafters.
               Calibration uses it as the n-gram drafter's confidence.
+    levels:   [n] the level that drafted each node, when a scheduler mixes levels in one tree;
+              None when the tree's drafter drafted every node.
     Sampling stays lossless as long as each token really was drawn from its q_draft row; under
     greedy decoding q_draft is only informative (calibration reads the draft's confidence).
     """
@@ -78,6 +80,7 @@ class DraftTree:
     parents: list[int]
     q_draft: torch.Tensor | None = None
     match_lengths: list[int] | None = None
+    levels: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = int(self.tokens.numel())
@@ -89,6 +92,8 @@ class DraftTree:
             raise ValueError(f"DraftTree q_draft has {self.q_draft.shape[0]} rows for {n} tokens")
         if self.match_lengths is not None and len(self.match_lengths) != n:
             raise ValueError(f"DraftTree has {len(self.match_lengths)} match lengths for {n} tokens")
+        if self.levels is not None and len(self.levels) != n:
+            raise ValueError(f"DraftTree has {len(self.levels)} levels for {n} tokens")
 
     @classmethod
     def empty(cls, device: torch.device | str = "cpu") -> DraftTree:
