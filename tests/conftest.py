@@ -128,3 +128,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def joint_target_distribution(model, prompt: list[int], sampling) -> torch.Tensor:
+    """p(x1, x2 | prompt) for the processed target distribution, [8, 8]."""
+    from drafttrain.decoding.sampling import logits_to_probs
+
+    with torch.inference_mode():
+        sequences = torch.tensor([prompt + [x1] for x1 in range(8)])
+        rows = []
+        for seq in sequences:
+            logits = model(seq, torch.arange(len(seq)), model.new_cache(), 0)
+            rows.append(logits_to_probs(logits[-2:], sampling))
+    p_first = rows[0][0]
+    return torch.stack([p_first[x1] * rows[x1][1] for x1 in range(8)])
+
+
+def sampled_pair_pvalue(decoder, target, drafter, shape, sampling, prompt: list[int], draws: int) -> float:
+    """Chi-square p-value of the first two tokens sampled by `decoder` with `drafter` against the
+    target's joint distribution of them (vocab of 8); bins expecting fewer than 5 are pooled."""
+    from scipy.stats import chisquare
+
+    from drafttrain.decoding.engine import GenerationConfig
+
+    expected = joint_target_distribution(target, prompt, sampling).flatten() * draws
+    counts = torch.zeros(64)
+    for seed in range(draws):
+        tokens = decoder.generate(prompt, drafter, GenerationConfig(2, sampling=sampling, shape=shape, seed=seed)).tokens
+        counts[tokens[0] * 8 + tokens[1]] += 1
+    keep = expected >= 5
+    observed = torch.cat((counts[keep], counts[~keep].sum()[None]))
+    expected = torch.cat((expected[keep], expected[~keep].sum()[None]))
+    return float(chisquare(observed.numpy(), (expected * observed.sum() / expected.sum()).numpy()).pvalue)

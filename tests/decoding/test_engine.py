@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from scipy.stats import chisquare
+from conftest import make_checkpoint, runtime_model, sampled_pair_pvalue
 
-from conftest import make_checkpoint, runtime_model
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
-from drafttrain.drafters import BigramTable, ModelDrafter, NgramDrafter, SelfDrafter, TreeShape
+from drafttrain.drafters import (
+    BigramTable,
+    ModelDrafter,
+    NgramDrafter,
+    SelfDrafter,
+    TreeShape,
+)
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime import SelfDraftView, load_model, load_tokenizer
-from drafttrain.runtime.model import Transformer
 
 SHAPES = [TreeShape.chain(1), TreeShape.chain(4), TreeShape((2, 2, 1)), TreeShape((3, 1, 1, 1))]
 
@@ -120,20 +123,6 @@ def test_sampling_is_seeded_and_reproducible(target, tiny_draft):
     assert decoder.generate(_prompt(tokenizer), drafter, other).tokens != first
 
 
-def _joint_target_distribution(model: Transformer, prompt: list[int], sampling: SamplingParams) -> torch.Tensor:
-    """p(x1, x2 | prompt) for the processed target distribution, [8, 8]."""
-    from drafttrain.decoding.sampling import logits_to_probs
-
-    with torch.inference_mode():
-        sequences = torch.tensor([prompt + [x1] for x1 in range(8)])
-        rows = []
-        for seq in sequences:
-            logits = model(seq, torch.arange(len(seq)), model.new_cache(), 0)
-            rows.append(logits_to_probs(logits[-2:], sampling))
-    p_first = rows[0][0]
-    return torch.stack([p_first[x1] * rows[x1][1] for x1 in range(8)])
-
-
 @pytest.mark.parametrize("kind,shape", [
     ("self", TreeShape.chain(3)),
     pytest.param("self", TreeShape((3, 2)), marks=pytest.mark.slow),
@@ -148,17 +137,7 @@ def test_speculative_sampling_is_lossless_end_to_end(kind, shape):
                if kind == "self" else ModelDrafter(runtime_model(1, vocab=8), 8))
     sampling = SamplingParams(temperature=1.0, top_k=6)
     prompt = [1, 5, 2, 7, 3]
-    expected = _joint_target_distribution(target, prompt, sampling).flatten()
-    draws = 3000
-    counts = torch.zeros(64)
-    for seed in range(draws):
-        tokens = decoder.generate(prompt, drafter, GenerationConfig(2, sampling=sampling, shape=shape, seed=seed)).tokens
-        counts[tokens[0] * 8 + tokens[1]] += 1
-    expected = expected * draws
-    keep = expected >= 5
-    observed = torch.cat((counts[keep], counts[~keep].sum()[None]))
-    expected = torch.cat((expected[keep], expected[~keep].sum()[None]))
-    assert chisquare(observed.numpy(), (expected * observed.sum() / expected.sum()).numpy()).pvalue > 1e-3
+    assert sampled_pair_pvalue(decoder, target, drafter, shape, sampling, prompt, 3000) > 1e-3
 
 
 def test_prompt_too_long_is_an_error_before_any_work(target):
