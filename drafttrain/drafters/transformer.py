@@ -176,6 +176,12 @@ class ModelDrafter(_TransformerDrafter):
         grown.v[:, :, :self.cache.max_len] = self.cache.v
         self.cache = grown
 
+    def keep_prefix(self, length: int) -> None:
+        """Trust only the cache entries of the first `length` context tokens from now on: a scheduler
+        that drafts below several tree nodes in one step calls this (with the committed length)
+        after each `propose`, instead of `observe`."""
+        self.cached = min(length, self._start)
+
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
         """Keep the cache entries of accepted nodes that were fed through the draft model."""
         kept = [node for node in accepted if node < self._fed]

@@ -31,6 +31,11 @@ class EvalConfig:
     tree: list[int] | None = _help("static tree branching for sd-draft and sd-self, e.g. 2,2,1 "
                                    "(default: a chain of k tokens)", default=None)
     ngram_table: Path | None = _help("bigram fallback table (.json or .safetensors) for sd-ngram", default=None)
+    levels: Path | None = _help("levels.json of `drafttrain search`: self-draft levels self0, self1, ... of dytc",
+                                default=None)
+    predictors: Path | None = _help("predictors.json of `drafttrain run calibrate` (dytc)", default=None)
+    latency: Path | None = _help("latency.json of `drafttrain run calibrate` (dytc)", default=None)
+    k_heuristic: int = _help("first draft length of hf-heuristic", default=5)
     pld_tokens: int = _help("prompt_lookup_num_tokens for hf-pld", default=10)
     stop_strings: list[str] = _help("stop generation at any of these strings", default_factory=list)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
@@ -50,7 +55,7 @@ class EvalConfig:
             for needed in METHODS[name].needs:
                 if getattr(self, needed) is None:
                     raise DrafttrainError(f"method {name} needs `{needed}`; set --{needed.replace('_', '-')}")
-        for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens"):
+        for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens", "k_heuristic"):
             if getattr(self, name) <= 0:
                 raise DrafttrainError(f"{name}={getattr(self, name)} is invalid: it must be a positive integer")
 

@@ -127,6 +127,43 @@ def _sd_self(context: EvalContext) -> Method:
     return EngineMethod(context, drafter, context.model_shape(context.config.k_self))
 
 
+@method("hf-heuristic", "our engine with the draft model (--draft) and transformers' k schedule "
+        "(k + 2 after a full accept, k - 1 otherwise)", needs=("draft",))
+def _hf_heuristic(context: EvalContext) -> Method:
+    from drafttrain.scheduling.heuristic import HeuristicKDrafter
+
+    drafter = ModelDrafter.from_pretrained(context.config.draft, context.tokenizer, context.target.args.vocab_size,
+                                           context.dtype, context.device)
+    return EngineMethod(context, HeuristicKDrafter(drafter, context.config.k_heuristic), TreeShape.chain(32))
+
+
+@method("dytc", "our engine with the Dynamic Tree Cascade over the draft (--draft), the self-draft levels "
+        "(--levels) and the n-gram drafter, from calibrated predictors (--predictors, --latency)",
+        needs=("predictors", "latency"))
+def _dytc(context: EvalContext) -> Method:
+    import sys
+
+    from drafttrain.calibration import AcceptanceEMA, AcceptancePredictors
+    from drafttrain.calibration.latency import LatencyProfile, hardware_fingerprint
+    from drafttrain.drafters.cascade import CascadeSpec, build_drafters
+    from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
+    from drafttrain.search.study import read_levels
+
+    config = context.config
+    views = [level.spec for level in read_levels(config.levels)] if config.levels else []
+    spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
+    drafters = build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
+    predictors = AcceptancePredictors.load(config.predictors)
+    latency = LatencyProfile.load(config.latency)
+    for difference in latency.check_hardware(hardware_fingerprint(context.device, context.dtype)):
+        print(f"warning: {config.latency} was measured on other hardware ({difference}); re-run "
+              "`drafttrain run calibrate` here for accurate costs", file=sys.stderr)
+    settings = DyTCSettings()
+    dytc = DyTCDrafter(drafters, predictors.modes, latency, context.target.args.vocab_size,
+                       AcceptanceEMA(predictors.ema_lambda, predictors.ema_window), settings)
+    return EngineMethod(context, dytc, capacity_shape(64, settings.max_depth))
+
+
 class HFMethod:
     """`transformers` generate with the given extra arguments, matching greedy or sampling."""
 

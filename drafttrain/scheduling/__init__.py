@@ -1,0 +1,1 @@
+"""Schedulers: drafters that drive other drafters (DyTC, the cascade baselines) and their math."""

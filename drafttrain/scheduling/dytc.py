@@ -1,0 +1,273 @@
+"""The Dynamic Tree Cascade (DyTC) scheduler: one draft tree per step, grown best-first across levels.
+
+Each step starts from the root (the last committed token) and repeats:
+
+1. take the tree node with the highest cumulative acceptance probability that has not been
+   expanded yet (the root first);
+2. for it, pick the level S and draft length k maximizing T(S, k) (`scores.dytc_score`), with
+   a_S the level's online acceptance estimate and the cost of drafting k tokens from that node
+   predicted by the latency profile (feeding the path to the node, then k - 1 single steps);
+3. stop if the expected gain of that expansion per second (its expected accepted tokens over
+   its drafting cost plus the larger verify forward) is below the rate the step already has
+   (expected committed tokens per second, the bonus token included), or the tree is at its
+   budget, the largest size whose verify costs at most `budget_factor` x a one-token forward
+   on the target's measured cost curve;
+4. otherwise draft the chain with S, graft it, and give each new token an acceptance
+   probability: the calibrated predictor's P(accept | confidence, depth) for that level,
+   scaled by the level's online estimate over its calibrated mean; a node's cumulative
+   probability is the product along its path. The runner-up token of the first new node's
+   draft distribution is added as a sibling when its expected gain per second of extra
+   verify cost beats the current rate (it costs no drafting).
+
+After verification, `observe` feeds each level's accepted / judged counts to the online
+estimator (`AcceptanceEMA`). The tree is verified like any other, so decoding stays lossless:
+greedy output equals the target's, and sampling reproduces the target's distribution.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from drafttrain.calibration.acceptance import LevelPredictor
+from drafttrain.calibration.latency import TARGET_LEVEL, LatencyProfile
+from drafttrain.calibration.online import AcceptanceEMA
+from drafttrain.calibration.traces import mode_name
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
+from drafttrain.errors import DrafttrainError
+from drafttrain.scheduling.scores import best_choice, expected_accepted, verify_budget
+from drafttrain.scheduling.tree import TreeBuilder
+
+MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
+
+
+@dataclass
+class DyTCSettings:
+    k_max: int = 8  # longest chain one expansion drafts
+    max_depth: int = 16  # deepest node of a tree
+    budget_factor: float = 2.0  # tree budget: verify cost <= factor x a one-token forward
+    bottom: str = "ngram"  # the level credited by the a^k * a_bottom term (if present)
+    siblings: bool = True
+
+
+@dataclass
+class _Expansion:
+    node: int
+    level: str
+    k: int
+    gain: float  # expected accepted tokens the expansion adds
+    seconds: float  # drafting cost
+
+
+@dataclass
+class _Step:
+    """The state of one step's tree growth."""
+
+    context_length: int
+    builder: TreeBuilder
+    cumulative: list[float] = field(default_factory=list)  # per node: P(path to it is accepted)
+    gain: float = 0.0  # expected accepted draft tokens of the tree
+    draft_seconds: float = 0.0
+    failed: set[tuple[int, str]] = field(default_factory=set)  # (node, level) that drafted nothing
+
+
+def capacity_shape(max_nodes: int, max_depth: int) -> TreeShape:
+    """A shape as deep as `max_depth` with at least `max_nodes` nodes: what the decoder reserves
+    room for. DyTC's trees stay within its depth and node count (the decoder cuts the depth near
+    the end of a generation)."""
+    width = -(-max_nodes // max_depth)
+    return TreeShape((width,) + (1,) * (max_depth - 1))
+
+
+class DyTCDrafter:
+    """Drafter protocol over several levels; predictors are per level, for the active mode."""
+
+    name = "dytc"
+
+    def __init__(self, levels: dict[str, Drafter], predictors: dict[str, dict[str, LevelPredictor]],
+                 latency: LatencyProfile, vocab_size: int, ema: AcceptanceEMA | None = None,
+                 settings: DyTCSettings | None = None) -> None:
+        missing = [name for name in [TARGET_LEVEL, *levels] if name not in latency.models]
+        if missing:
+            raise DrafttrainError(f"the latency profile has no model for {missing}: re-run `drafttrain run "
+                                  "calibrate` with the same levels")
+        self.levels, self.predictors, self.latency = levels, predictors, latency
+        self.vocab_size = vocab_size
+        self.settings = settings or DyTCSettings()
+        self.ema = ema or AcceptanceEMA()
+        self._mode_predictors: dict[str, LevelPredictor] = {}
+
+    # ---- protocol --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.ema.reset()
+        for drafter in self.levels.values():
+            drafter.reset()
+
+    def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
+                generator: torch.Generator | None) -> DraftTree:
+        self._use_mode(sampling)
+        step = _Step(len(context), TreeBuilder(context.device))
+        max_depth = min(self.settings.max_depth, shape.depth)
+        largest = min(self._largest_timed(), shape.num_nodes)
+        budget = verify_budget(lambda n: self._verify_seconds(n, step), largest, self.settings.budget_factor)
+        frontier = [(-1.0, -1)]  # (-cumulative probability, node); the root is certain
+        while frontier and len(step.builder) < budget:
+            cumulative, node = heapq.heappop(frontier)
+            expansion = self._choose(node, -cumulative, step, budget, max_depth)
+            if expansion is None:
+                continue
+            if expansion.gain / self._marginal_seconds(expansion, step) < self._rate(step):
+                break
+            new_nodes = self._draft(context, expansion, step, sampling, generator)
+            if not new_nodes:
+                step.failed.add((node, expansion.level))
+                heapq.heappush(frontier, (cumulative, node))
+                continue
+            step.draft_seconds += expansion.seconds
+            if self.settings.siblings and len(step.builder) < budget:
+                self._add_sibling(new_nodes[0], step, sampling, generator, frontier)
+            tip = new_nodes[-1]
+            heapq.heappush(frontier, (-step.cumulative[tip], tip))
+        return step.builder.build(self.vocab_size)
+
+    def observe(self, tree: DraftTree, accepted: list[int]) -> None:
+        """Feed each level's accepted / judged counts (nodes whose parent was accepted) to the EMA."""
+        if not len(tree) or tree.levels is None:
+            return
+        on_path = set(accepted)
+        judged: dict[str, list[int]] = {}
+        for node, (parent, level) in enumerate(zip(tree.parents, tree.levels)):
+            if parent < 0 or parent in on_path:
+                counts = judged.setdefault(level, [0, 0])
+                counts[0] += node in on_path
+                counts[1] += 1
+        for level, (accepted_count, judged_count) in judged.items():
+            self.ema.observe(level, accepted_count, judged_count)
+
+    # ---- choosing --------------------------------------------------------------------------
+
+    def _use_mode(self, sampling: SamplingParams) -> None:
+        mode = mode_name(sampling)
+        if mode not in self.predictors:
+            raise DrafttrainError(f"no acceptance predictors for mode {mode} (have {sorted(self.predictors)}): "
+                                  f"calibrate with temperatures=[{sampling.temperature}]")
+        self._mode_predictors = self.predictors[mode]
+        for name, predictor in self._mode_predictors.items():
+            self.ema.priors.setdefault(name, predictor.mean_acceptance)
+
+    def _accept(self, level: str) -> float:
+        return min(self.ema.estimate(level), MAX_ACCEPT)
+
+    def _draft_seconds(self, level: str, depth: int, k: int, context_length: int) -> float:
+        """Feed the root and the path to the node (depth + 1 tokens), then k - 1 one-token steps."""
+        first = self.latency.predict(level, depth + 1, context_length)
+        return first + (k - 1) * self.latency.predict(level, 1, context_length + depth + 1)
+
+    def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
+        depth = step.builder.depth(node)
+        k_max = min(self.settings.k_max, budget - len(step.builder), max_depth - depth)
+        if k_max <= 0:
+            return None
+        bottom = self.settings.bottom if self.settings.bottom in self.levels else None
+        bottom_accept = self._accept(bottom) if bottom else 0.0
+        bottom_cost = self.latency.predict(bottom, 1, step.context_length) if bottom else 0.0
+        candidates = [(name, self._accept(name),
+                       lambda k, name=name: self._draft_seconds(name, depth, k, step.context_length))
+                      for name in self.levels if (node, name) not in step.failed]
+        choice = best_choice(candidates, k_max, bottom_accept, bottom_cost)
+        if choice is None:
+            return None
+        gain = cumulative * expected_accepted(self._accept(choice.level), choice.k)
+        return _Expansion(node, choice.level, choice.k, gain,
+                          self._draft_seconds(choice.level, depth, choice.k, step.context_length))
+
+    def _verify_seconds(self, nodes: int, step: _Step) -> float:
+        return self.latency.predict(TARGET_LEVEL, nodes + 1, step.context_length)
+
+    def _largest_timed(self) -> int:
+        return max(self.latency.grid.get("token_counts", [64])) - 1
+
+    def _rate(self, step: _Step) -> float:
+        """Expected committed tokens per second of the step as it stands (the bonus token included)."""
+        return (1.0 + step.gain) / (step.draft_seconds + self._verify_seconds(len(step.builder), step))
+
+    def _marginal_seconds(self, expansion: _Expansion, step: _Step) -> float:
+        nodes = len(step.builder)
+        extra_verify = self._verify_seconds(nodes + expansion.k, step) - self._verify_seconds(nodes, step)
+        return expansion.seconds + max(extra_verify, 0.0)
+
+    # ---- drafting --------------------------------------------------------------------------
+
+    def _draft(self, context: torch.Tensor, expansion: _Expansion, step: _Step, sampling: SamplingParams,
+               generator: torch.Generator | None) -> list[int]:
+        builder = step.builder
+        path = torch.tensor(builder.path(expansion.node), dtype=torch.long, device=context.device)
+        drafter = self.levels[expansion.level]
+        draft = drafter.propose(torch.cat((context, path)), TreeShape.chain(expansion.k), sampling, generator)
+        if hasattr(drafter, "keep_prefix"):
+            drafter.keep_prefix(step.context_length)
+        if not len(draft):
+            return []
+        nodes = builder.graft(expansion.node, draft, expansion.level)
+        probabilities = self._token_accept(expansion.level, draft, builder, nodes)
+        for node, probability in zip(nodes, probabilities):
+            parent = builder.parents[node]
+            step.cumulative.append((1.0 if parent < 0 else step.cumulative[parent]) * probability)
+            step.gain += step.cumulative[-1]
+        return nodes
+
+    def _token_accept(self, level: str, draft: DraftTree, builder: TreeBuilder, nodes: list[int]) -> np.ndarray:
+        """Calibrated P(accept) of each drafted token, scaled by the level's online / calibrated mean."""
+        predictor = self._mode_predictors.get(level)
+        if predictor is None:
+            return np.full(len(nodes), self._accept(level))
+        depths = np.array([builder.depths[node] for node in nodes])
+        confidence = self._confidence(predictor.feature, draft)
+        calibrated = predictor.predict(confidence, depths)
+        scale = self._accept(level) / max(predictor.mean_acceptance, 1e-6)
+        return np.clip(calibrated * scale, 0.0, MAX_ACCEPT)
+
+    @staticmethod
+    def _confidence(feature: str, draft: DraftTree) -> np.ndarray:
+        if feature == "match_length":
+            lengths = draft.match_lengths or [0] * len(draft)
+            return np.asarray(lengths, dtype=np.float64)
+        if draft.q_draft is None:
+            return np.ones(len(draft))
+        return draft.q_draft.gather(1, draft.tokens[:, None]).squeeze(1).double().cpu().numpy()
+
+    def _add_sibling(self, first: int, step: _Step, sampling: SamplingParams, generator: torch.Generator | None,
+                     frontier: list) -> None:
+        """The runner-up of `first`'s draft distribution, as a sibling, when it pays for its verify."""
+        builder = step.builder
+        q_row = builder.q_rows[first]
+        if q_row is None:
+            return
+        remaining = q_row.clone()
+        remaining[builder.tokens[first]] = 0.0
+        if remaining.sum() <= 0:
+            return
+        remaining = remaining / remaining.sum()
+        if sampling.greedy:
+            token = int(remaining.argmax())
+        else:
+            token = int(torch.multinomial(remaining, 1, generator=generator))
+        level, parent = builder.levels[first], builder.parents[first]
+        predictor = self._mode_predictors.get(level)
+        depth = builder.depths[first]
+        probability = (float(predictor.predict(np.array([float(q_row[token])]), np.array([depth]))[0])
+                       if predictor is not None and predictor.feature == "q_token" else 0.0)
+        cumulative = (1.0 if parent < 0 else step.cumulative[parent]) * min(probability, MAX_ACCEPT)
+        nodes = len(builder)
+        extra_verify = self._verify_seconds(nodes + 1, step) - self._verify_seconds(nodes, step)
+        if cumulative <= 0 or cumulative / max(extra_verify, 1e-9) < self._rate(step):
+            return
+        sibling = builder.add(parent, token, level, remaining)
+        step.cumulative.append(cumulative)
+        step.gain += cumulative
+        heapq.heappush(frontier, (-cumulative, sibling))

@@ -1,0 +1,67 @@
+"""The scheduler's math, as pure functions: expected accepted tokens, DyTC's T(S, k), the verify budget.
+
+With per-token acceptance a and a draft of k tokens, the expected number of accepted tokens is
+a + a^2 + ... + a^k = a (1 - a^k) / (1 - a). CAS-Spec's Dynamic Tree Cascade scores drafting k
+tokens with level S by expected accepted tokens per unit of drafting cost,
+
+    T(S, k) = [ a_S (1 - a_S^k) / (1 - a_S) + a_S^k * a_bottom ] / ( c_S(k) + c_bottom ),
+
+where the a_S^k * a_bottom term credits the cheap bottom drafter (n-gram) for continuing after a
+fully accepted draft, and c_S(k) is the measured cost of drafting k tokens with S (in CAS-Spec
+c_S * k; here the latency predictors' cost, which also prices feeding the path to the leaf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+def expected_accepted(accept_prob: float, k: int) -> float:
+    """a + a^2 + ... + a^k: expected accepted tokens of a k-token chain with per-token acceptance a."""
+    if not 0.0 <= accept_prob <= 1.0:
+        raise ValueError(f"accept_prob must be in [0, 1], got {accept_prob}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if accept_prob > 1.0 - 1e-12:
+        return float(k)
+    return accept_prob * (1.0 - accept_prob ** k) / (1.0 - accept_prob)
+
+
+def dytc_score(accept_prob: float, k: int, draft_cost: float, bottom_accept: float, bottom_cost: float) -> float:
+    """T(S, k) above; `draft_cost` is c_S(k), the seconds S needs for the k tokens."""
+    denominator = draft_cost + bottom_cost
+    if denominator <= 0:
+        raise ValueError(f"the cost of a draft must be positive, got {draft_cost} + {bottom_cost}")
+    return (expected_accepted(accept_prob, k) + accept_prob ** k * bottom_accept) / denominator
+
+
+@dataclass(frozen=True)
+class Choice:
+    level: str
+    k: int
+    score: float
+
+
+def best_choice(levels: Iterable[tuple[str, float, Callable[[int], float]]], k_max: int,
+                bottom_accept: float, bottom_cost: float) -> Choice | None:
+    """argmax over (level, k <= k_max) of T; `levels` are (name, accept_prob, k -> draft cost)."""
+    best = None
+    for name, accept_prob, cost in levels:
+        for k in range(1, k_max + 1):
+            score = dytc_score(accept_prob, k, cost(k), bottom_accept, bottom_cost)
+            if best is None or score > best.score:
+                best = Choice(name, k, score)
+    return best
+
+
+def verify_budget(verify_cost: Callable[[int], float], max_nodes: int, factor: float) -> int:
+    """The most draft nodes n <= max_nodes whose verify forward (root + n tokens) costs at most
+    `factor` times a plain one-token forward: the knee of the target's measured cost curve."""
+    single = verify_cost(0)
+    nodes = 0
+    for n in range(1, max_nodes + 1):
+        if verify_cost(n) > factor * single:
+            break
+        nodes = n
+    return nodes

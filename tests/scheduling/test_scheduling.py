@@ -1,0 +1,228 @@
+"""Scheduler math against direct computation; tree assembly; DyTC's growth, budget and losslessness."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import runtime_model, sampled_pair_pvalue
+
+from drafttrain.calibration.acceptance import (
+    IsotonicMap,
+    LevelPredictor,
+    LogisticBaseline,
+)
+from drafttrain.calibration.latency import LatencyModel, LatencyProfile
+from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.drafters import (
+    DraftTree,
+    ModelDrafter,
+    NgramDrafter,
+    SelfDrafter,
+    TreeShape,
+)
+from drafttrain.runtime.views import SelfDraftView
+from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
+from drafttrain.scheduling.heuristic import HeuristicKDrafter
+from drafttrain.scheduling.scores import (
+    best_choice,
+    dytc_score,
+    expected_accepted,
+    verify_budget,
+)
+from drafttrain.scheduling.tree import TreeBuilder
+
+GREEDY = SamplingParams(0.0)
+
+
+# ---------------------------------------------------------------- scores
+
+
+@pytest.mark.parametrize("accept_prob", [0.0, 0.3, 0.75, 1.0])
+def test_expected_accepted_is_the_geometric_sum(accept_prob):
+    for k in range(9):
+        assert expected_accepted(accept_prob, k) == pytest.approx(sum(accept_prob ** i for i in range(1, k + 1)))
+
+
+def test_dytc_score_by_direct_computation():
+    a, k, a_bottom = 0.8, 3, 0.5
+    direct = (0.8 + 0.64 + 0.512 + 0.512 * 0.5) / (0.3 + 0.01)
+    assert dytc_score(a, k, 0.3, a_bottom, 0.01) == pytest.approx(direct)
+    with pytest.raises(ValueError):
+        dytc_score(a, k, 0.0, a_bottom, 0.0)
+
+
+def test_best_choice_is_the_argmax_over_levels_and_lengths():
+    levels = [("big", 0.9, lambda k: 0.4 + 0.3 * k), ("small", 0.6, lambda k: 0.05 * k), ("mid", 0.8, lambda k: 0.2 * k)]
+    choice = best_choice(levels, 6, 0.5, 0.02)
+    brute = max(((name, k, dytc_score(a, k, cost(k), 0.5, 0.02)) for (name, a, cost), k
+                 in itertools.product(levels, range(1, 7))), key=lambda item: item[2])
+    assert (choice.level, choice.k) == brute[:2] and choice.score == pytest.approx(brute[2])
+    assert best_choice([], 4, 0.5, 0.1) is None
+
+
+def test_verify_budget_is_the_knee_of_the_cost_curve():
+    assert verify_budget(lambda n: 1.0 + 0.1 * n, 63, 2.0) == 10
+    assert verify_budget(lambda n: 1.0, 63, 2.0) == 63
+    assert verify_budget(lambda n: 1.0 + 2 * n, 63, 2.0) == 0
+
+
+# ---------------------------------------------------------------- tree assembly
+
+
+def test_tree_builder_grafts_with_offsets_and_point_masses():
+    builder = TreeBuilder()
+    first = builder.graft(-1, DraftTree.chain(torch.tensor([4, 5])), "ngram")
+    q_rows = torch.full((2, 8), 1 / 8)
+    second = builder.graft(first[0], DraftTree(torch.tensor([6, 7]), [-1, -1], q_rows), "self0")
+    assert first == [0, 1] and second == [2, 3]
+    assert builder.parents == [-1, 0, 0, 0] and builder.depths == [1, 2, 2, 2]
+    assert builder.path(3) == [4, 7] and builder.path(-1) == []
+    tree = builder.build(8)
+    assert tree.levels == ["ngram", "ngram", "self0", "self0"]
+    assert tree.q_draft[0].tolist() == [0, 0, 0, 0, 1, 0, 0, 0] and tree.q_draft[2, 0] == pytest.approx(1 / 8)
+    assert TreeBuilder().graft(-1, DraftTree.chain(torch.tensor([1])), "ngram") == [0]
+
+
+# ---------------------------------------------------------------- DyTC
+
+
+def identity_predictor(mean: float = 0.6) -> LevelPredictor:
+    logistic = LogisticBaseline((0.0,) * 5, (1.0,) * 5, (0.0,) * 5, 0.0)
+    return LevelPredictor("q_token", (1,), (IsotonicMap((0.0, 1.0), (0.0, 1.0)),), logistic, mean)
+
+
+def match_predictor() -> LevelPredictor:
+    logistic = LogisticBaseline((0.0,) * 5, (1.0,) * 5, (0.0,) * 5, 0.0)
+    return LevelPredictor("match_length", (1,), (IsotonicMap((0.0, 8.0), (0.2, 0.9)),), logistic, 0.5)
+
+
+def profile(costs: dict[str, tuple[float, float]]) -> LatencyProfile:
+    """Seconds = c0 + c1 * n for every level (no context dependence)."""
+    models = {name: LatencyModel((c0, c1, 0.0, 0.0, 0.0, 0.0)) for name, (c0, c1) in costs.items()}
+    return LatencyProfile({"device": "test", "dtype": "float32", "threads": 1, "torch": "x"}, models,
+                          grid={"token_counts": [1, 2, 4, 8, 16, 32, 64]})
+
+
+class FixedDrafter:
+    """Drafts token (last + 1) % vocab with probability `q` (the next token has `runner_up`);
+    records the contexts it drafted after."""
+
+    def __init__(self, name: str, q: float, vocab: int = 8, runner_up: float | None = None) -> None:
+        self.name, self.q, self.vocab, self.runner_up, self.calls = name, q, vocab, runner_up, []
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+    def observe(self, tree, accepted) -> None:
+        pass
+
+    def propose(self, context, shape, sampling, generator):
+        self.calls.append(context.tolist())
+        tokens, last = [], int(context[-1])
+        for _ in range(shape.depth):
+            last = (last + 1) % self.vocab
+            tokens.append(last)
+        runner_up = (1 - self.q) / (self.vocab - 1) if self.runner_up is None else self.runner_up
+        rest = (1 - self.q - runner_up) / (self.vocab - 2)
+        rows = torch.full((shape.depth, self.vocab), rest)
+        for row, token in enumerate(tokens):
+            rows[row, token], rows[row, (token + 1) % self.vocab] = self.q, runner_up
+        return DraftTree.chain(torch.tensor(tokens), rows)
+
+
+def test_dytc_spends_nothing_when_drafting_cannot_pay():
+    drafter = FixedDrafter("self0", q=0.05)
+    dytc = DyTCDrafter({"self0": drafter}, {"greedy": {"self0": identity_predictor(0.05)}},
+                       profile({"target": (1.0, 0.5), "self0": (0.9, 0.0)}), 8, settings=DyTCSettings(siblings=False))
+    assert len(dytc.propose(torch.tensor([1, 2]), TreeShape.chain(8), GREEDY, None)) == 0
+    assert drafter.calls == []
+
+
+def test_dytc_grows_until_the_verify_budget_when_drafting_is_free():
+    drafter = FixedDrafter("self0", q=0.95)
+    dytc = DyTCDrafter({"self0": drafter}, {"greedy": {"self0": identity_predictor(0.95)}},
+                       profile({"target": (1.0, 0.1), "self0": (1e-4, 0.0)}), 8,
+                       settings=DyTCSettings(k_max=4, max_depth=32))
+    tree = dytc.propose(torch.tensor([1, 2]), capacity_shape(64, 32), GREEDY, None)
+    # verifying root + n nodes costs 1 + 0.1 (n + 1); at most twice the 1.1 of the root alone: n <= 11
+    assert len(tree) == 11
+    assert tree.levels == ["self0"] * len(tree)
+
+
+def test_dytc_expands_the_most_likely_leaf_first():
+    """The first draft (token 5, p 0.5) gets its runner-up (token 6, p 0.45) as a sibling. Then the
+    chain continues below 5 (cumulative 0.5), and next below the sibling 6 (0.45), which beats
+    the new tip below 5 (0.5 x 0.5)."""
+    drafter = FixedDrafter("self0", q=0.5, runner_up=0.45)
+    dytc = DyTCDrafter({"self0": drafter}, {"greedy": {"self0": identity_predictor(0.5)}},
+                       profile({"target": (1.0, 0.01), "self0": (0.01, 0.0)}), 8,
+                       settings=DyTCSettings(k_max=1, max_depth=6))
+    tree = dytc.propose(torch.tensor([3, 4]), capacity_shape(64, 6), GREEDY, None)
+    assert drafter.calls[:3] == [[3, 4], [3, 4, 5], [3, 4, 6]]
+    assert tree.tokens[:2].tolist() == [5, 6] and tree.parents[:2] == [-1, -1]
+
+
+def test_dytc_falls_back_when_a_level_drafts_nothing():
+    ngram, model = NgramDrafter(), FixedDrafter("self0", q=0.9)
+    dytc = DyTCDrafter({"ngram": ngram, "self0": model},
+                       {"greedy": {"ngram": match_predictor(), "self0": identity_predictor(0.9)}},
+                       profile({"target": (1.0, 0.01), "self0": (0.05, 0.0), "ngram": (0.001, 0.0)}), 8)
+    tree = dytc.propose(torch.tensor([1, 2, 3]), capacity_shape(64, 8), GREEDY, None)  # nothing recurs
+    assert tree.levels[0] == "self0"  # the n-gram drafter had no match at the root
+    # once self0's chain 4, 5, 6, 7, 0, 1 makes token 1 recur, the n-gram drafter copies "2, 3"
+    assert tree.tokens.tolist() == [4, 5, 6, 7, 0, 1, 2, 3]
+    assert tree.levels == ["self0"] * 6 + ["ngram"] * 2
+
+
+def levels_for(decoder: SpeculativeDecoder, vocab: int) -> dict:
+    return {"draft0": ModelDrafter(runtime_model(1, vocab=vocab, layers=2), vocab),
+            "self0": SelfDrafter(decoder, SelfDraftView(skip_mlp=frozenset({1})), name="self0"),
+            "ngram": NgramDrafter()}
+
+
+def real_dytc(decoder: SpeculativeDecoder, vocab: int, mode: str) -> DyTCDrafter:
+    predictors = {mode: {"draft0": identity_predictor(), "self0": identity_predictor(0.8), "ngram": match_predictor()}}
+    latency = profile({"target": (1.0, 0.02), "draft0": (0.1, 0.01), "self0": (0.6, 0.02), "ngram": (0.01, 0.0)})
+    return DyTCDrafter(levels_for(decoder, vocab), predictors, latency, vocab)
+
+
+def test_dytc_greedy_equals_autoregressive():
+    decoder = SpeculativeDecoder(runtime_model(0, vocab=16, layers=3))
+    dytc = real_dytc(decoder, 16, "greedy")
+    for prompt in ([1, 2, 3, 1, 2], [5, 5, 5, 5], [7, 3, 9, 1, 4, 7, 3]):
+        expected = decoder.generate(prompt, None, GenerationConfig(40)).tokens
+        result = decoder.generate(prompt, dytc, GenerationConfig(40, shape=capacity_shape(64, 16)))
+        assert result.tokens == expected
+        assert result.stats.target_forwards < 40
+        assert set(result.stats.drafted) <= {"draft0", "self0", "ngram"}
+
+
+def test_dytc_sampling_is_lossless_end_to_end():
+    """Chi-square over the joint distribution of the first two sampled tokens (vocab of 8)."""
+    target = runtime_model(0, vocab=8, layers=3)
+    decoder = SpeculativeDecoder(target)
+    sampling = SamplingParams(temperature=1.0, top_k=6)
+    dytc = real_dytc(decoder, 8, "t1")
+    prompt = [1, 5, 2, 7, 3]
+    assert sampled_pair_pvalue(decoder, target, dytc, capacity_shape(64, 16), sampling, prompt, 2500) > 1e-3
+    stats = decoder.generate(prompt, dytc, GenerationConfig(24, sampling=sampling, shape=capacity_shape(64, 16))).stats
+    assert sum(stats.drafted.values()) > 0 and len(stats.drafted) >= 2  # the trees really mix levels
+
+
+def test_heuristic_schedule_grows_and_shrinks():
+    decoder = SpeculativeDecoder(runtime_model(0, vocab=16, layers=3))
+    inner = SelfDrafter(decoder, SelfDraftView())  # the full target: every draft is accepted
+    drafter = HeuristicKDrafter(inner, k_start=3, k_max=9)
+    drafter.observe(DraftTree.chain(torch.tensor([1, 2, 3])), [0, 1, 2])
+    assert drafter.k == 5
+    drafter.observe(DraftTree.chain(torch.tensor([1, 2, 3])), [0])
+    assert drafter.k == 4
+    expected = decoder.generate([1, 2, 3], None, GenerationConfig(30)).tokens
+    drafter.reset()
+    result = decoder.generate([1, 2, 3], drafter, GenerationConfig(30, shape=TreeShape.chain(32)))
+    assert result.tokens == expected and result.stats.target_forwards < 10
+    assert np.isclose(drafter.k, 9) or drafter.k <= 9
