@@ -10,8 +10,9 @@ steps,
     a = sum(lambda^age * accepted) / sum(lambda^age * judged)      (newest step: age 0),
 
 which for a geometric run of acceptances is the weighted maximum-likelihood estimate (counting
-drafted rather than judged tokens would bias it low for long drafts). Before a level has been
-judged, the estimate is its prior (the level's calibrated mean acceptance).
+drafted rather than judged tokens would bias it low for long drafts). The prior (the level's
+calibrated mean acceptance) counts as `prior_weight` judged tokens in both sums, so one early
+rejection does not drive a good level's estimate to zero (and shut it out of the schedule).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from dataclasses import dataclass, field
 from drafttrain.errors import DrafttrainError
 
 
-def ema_acceptance(steps: list[tuple[int, int]], ema_lambda: float) -> float:
-    """The weighted ratio above for `steps` of (accepted, judged), oldest first."""
+def ema_acceptance(steps: list[tuple[int, int]], ema_lambda: float, prior: float = 0.0,
+                   prior_weight: float = 0.0) -> float:
+    """The weighted ratio above for `steps` of (accepted, judged), oldest first, with the prior
+    counted as `prior_weight` judged tokens."""
     weights = [ema_lambda ** age for age in range(len(steps) - 1, -1, -1)]
-    judged = sum(w * j for w, (_, j) in zip(weights, steps))
-    return sum(w * a for w, (a, _) in zip(weights, steps)) / judged
+    judged = sum(w * j for w, (_, j) in zip(weights, steps)) + prior_weight
+    return (sum(w * a for w, (a, _) in zip(weights, steps)) + prior * prior_weight) / judged
 
 
 def judged_tokens(accepted: int, drafted_depth: int) -> int:
@@ -42,6 +45,7 @@ class AcceptanceEMA:
     ema_lambda: float = 0.7
     window: int = 20
     priors: dict[str, float] = field(default_factory=dict)
+    prior_weight: float = 2.0
     _steps: dict[str, deque] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,8 @@ class AcceptanceEMA:
             raise DrafttrainError(f"ema_lambda={self.ema_lambda} is invalid: use a value in (0, 1]")
         if self.window < 1:
             raise DrafttrainError(f"window={self.window} is invalid: use 1 or more steps")
+        if self.prior_weight < 0:
+            raise DrafttrainError(f"prior_weight={self.prior_weight} is invalid: use 0 or more tokens")
 
     def observe(self, level: str, accepted: int, judged: int) -> None:
         """Record one step in which the target judged `judged` of `level`'s tokens, accepting `accepted`."""
@@ -61,9 +67,10 @@ class AcceptanceEMA:
     def estimate(self, level: str, default: float = 0.5) -> float:
         """The level's moving average, else its prior, else `default`."""
         steps = self._steps.get(level)
+        prior = self.priors.get(level, default)
         if steps:
-            return ema_acceptance(list(steps), self.ema_lambda)
-        return self.priors.get(level, default)
+            return ema_acceptance(list(steps), self.ema_lambda, prior, self.prior_weight if level in self.priors else 0.0)
+        return prior
 
     def reset(self) -> None:
         """Forget every observation (before a new sequence); the priors stay."""

@@ -69,6 +69,8 @@ class _Step:
 
     context_length: int
     builder: TreeBuilder
+    verify: np.ndarray  # [n + 1]: predicted seconds to verify the root and n nodes
+    feed: dict[str, np.ndarray] = field(default_factory=dict)  # level -> [n]: seconds of a forward of n tokens
     cumulative: list[float] = field(default_factory=list)  # per node: P(path to it is accepted)
     gain: float = 0.0  # expected accepted draft tokens of the tree
     draft_seconds: float = 0.0
@@ -111,10 +113,11 @@ class DyTCDrafter:
     def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
                 generator: torch.Generator | None) -> DraftTree:
         self._use_mode(sampling)
-        step = _Step(len(context), TreeBuilder(context.device))
-        max_depth = min(self.settings.max_depth, shape.depth)
         largest = min(self._largest_timed(), shape.num_nodes)
-        budget = verify_budget(lambda n: self._verify_seconds(n, step), largest, self.settings.budget_factor)
+        verify = self.latency.models[TARGET_LEVEL].predict(np.arange(1, largest + 2), len(context))
+        step = _Step(len(context), TreeBuilder(context.device), np.asarray(verify, dtype=np.float64))
+        max_depth = min(self.settings.max_depth, shape.depth)
+        budget = verify_budget(lambda n: step.verify[n], largest, self.settings.budget_factor)
         frontier = [(-1.0, -1)]  # (-cumulative probability, node); the root is certain
         while frontier and len(step.builder) < budget:
             cumulative, node = heapq.heappop(frontier)
@@ -163,10 +166,14 @@ class DyTCDrafter:
     def _accept(self, level: str) -> float:
         return min(self.ema.estimate(level), MAX_ACCEPT)
 
-    def _draft_seconds(self, level: str, depth: int, k: int, context_length: int) -> float:
-        """Feed the root and the path to the node (depth + 1 tokens), then k - 1 one-token steps."""
-        first = self.latency.predict(level, depth + 1, context_length)
-        return first + (k - 1) * self.latency.predict(level, 1, context_length + depth + 1)
+    def _draft_seconds(self, level: str, depth: int, k: int, step: _Step) -> float:
+        """Feed the root and the path to the node (depth + 1 tokens), then k - 1 one-token steps
+        (all priced at the step's context length; a few tokens more change little)."""
+        feed = step.feed.get(level)
+        if feed is None:
+            counts = np.arange(0, self.settings.max_depth + 2)
+            feed = step.feed[level] = np.asarray(self.latency.models[level].predict(counts, step.context_length))
+        return float(feed[depth + 1] + (k - 1) * feed[1])
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
         depth = step.builder.depth(node)
@@ -175,19 +182,18 @@ class DyTCDrafter:
             return None
         bottom = self.settings.bottom if self.settings.bottom in self.levels else None
         bottom_accept = self._accept(bottom) if bottom else 0.0
-        bottom_cost = self.latency.predict(bottom, 1, step.context_length) if bottom else 0.0
-        candidates = [(name, self._accept(name),
-                       lambda k, name=name: self._draft_seconds(name, depth, k, step.context_length))
+        bottom_cost = self._draft_seconds(bottom, 0, 1, step) if bottom else 0.0
+        candidates = [(name, self._accept(name), lambda k, name=name: self._draft_seconds(name, depth, k, step))
                       for name in self.levels if (node, name) not in step.failed]
         choice = best_choice(candidates, k_max, bottom_accept, bottom_cost)
         if choice is None:
             return None
         gain = cumulative * expected_accepted(self._accept(choice.level), choice.k)
-        return _Expansion(node, choice.level, choice.k, gain,
-                          self._draft_seconds(choice.level, depth, choice.k, step.context_length))
+        return _Expansion(node, choice.level, choice.k, gain, self._draft_seconds(choice.level, depth, choice.k, step))
 
-    def _verify_seconds(self, nodes: int, step: _Step) -> float:
-        return self.latency.predict(TARGET_LEVEL, nodes + 1, step.context_length)
+    @staticmethod
+    def _verify_seconds(nodes: int, step: _Step) -> float:
+        return float(step.verify[min(nodes, len(step.verify) - 1)])
 
     def _largest_timed(self) -> int:
         return max(self.latency.grid.get("token_counts", [64])) - 1

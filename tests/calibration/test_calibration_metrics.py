@@ -69,11 +69,13 @@ def test_ema_by_hand():
     # steps (accepted, judged), oldest first, lambda 0.5: weights 0.25, 0.5, 1
     steps = [(3, 4), (0, 1), (2, 2)]
     assert ema_acceptance(steps, 0.5) == pytest.approx((0.75 + 0 + 2) / (1 + 0.5 + 2))
+    # a prior of 0.8 worth 2 judged tokens
+    assert ema_acceptance(steps, 0.5, 0.8, 2.0) == pytest.approx((0.75 + 0 + 2 + 1.6) / (1 + 0.5 + 2 + 2))
     assert judged_tokens(2, 4) == 3 and judged_tokens(4, 4) == 4
 
 
 def test_acceptance_ema_window_prior_and_reset():
-    ema = AcceptanceEMA(ema_lambda=0.7, window=2, priors={"self0": 0.8})
+    ema = AcceptanceEMA(ema_lambda=0.7, window=2, priors={"self0": 0.8}, prior_weight=0.0)
     assert ema.estimate("self0") == 0.8 and ema.estimate("ngram", default=0.3) == 0.3
     ema.observe("self0", 0, 1)
     ema.observe("self0", 4, 4)
@@ -93,6 +95,12 @@ def test_acceptance_ema_tracks_a_known_rate():
         accepted = 8 if trials.all() else int(np.argmin(trials))
         ema.observe("draft0", accepted, judged_tokens(accepted, 8))
     assert ema.estimate("draft0") == pytest.approx(0.6, abs=0.08)
+
+
+def test_one_rejection_does_not_erase_a_good_prior():
+    ema = AcceptanceEMA(priors={"ngram": 0.7})
+    ema.observe("ngram", 0, 1)
+    assert ema.estimate("ngram") == pytest.approx(1.4 / 3)
 
 
 def test_acceptance_ema_validates_settings():
