@@ -135,6 +135,11 @@ class IsotonicMap:
     def from_sklearn(cls, model: IsotonicRegression, rows: int = 0) -> IsotonicMap:
         return cls(tuple(map(float, model.X_thresholds_)), tuple(map(float, model.y_thresholds_)), rows)
 
+    def interpolate(self, confidence: np.ndarray) -> np.ndarray:
+        """`predict` through `np.interp`: several times faster on a few values (the scheduler's
+        hot path), equal to it up to rounding."""
+        return np.interp(np.asarray(confidence, dtype=np.float64), self.x_thresholds, self.y_thresholds)
+
     def predict(self, confidence: np.ndarray) -> np.ndarray:
         """As `IsotonicRegression.predict`: clip to the fitted range, interpolate linearly."""
         x = np.clip(np.asarray(confidence, dtype=np.float64).reshape(-1), self.x_thresholds[0], self.x_thresholds[-1])
@@ -228,14 +233,16 @@ class LevelPredictor:
     logistic: LogisticBaseline
     mean_acceptance: float  # over the fit rows: the prior of the online estimator
 
-    def predict(self, confidence: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    def predict(self, confidence: np.ndarray, depth: np.ndarray, exact: bool = True) -> np.ndarray:
+        """P(accept) per token; `exact=False` interpolates with numpy (equal up to rounding, faster)."""
         confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
         buckets = depth_buckets(np.asarray(depth).reshape(-1), self.depth_edges)
         predicted = np.empty_like(confidence)
         for bucket, isotonic in enumerate(self.maps):
             rows = buckets == bucket
             if rows.any():
-                predicted[rows] = isotonic.predict(confidence[rows])
+                values = confidence[rows]
+                predicted[rows] = isotonic.predict(values) if exact else isotonic.interpolate(values)
         return predicted
 
     def predict_rows(self, rows: Traces) -> np.ndarray:

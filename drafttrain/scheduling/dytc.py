@@ -38,6 +38,7 @@ from drafttrain.calibration.online import AcceptanceEMA
 from drafttrain.calibration.traces import mode_name
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
+from drafttrain.drafters.ngram import NgramDrafter
 from drafttrain.errors import DrafttrainError
 from drafttrain.scheduling.scores import best_choice, expected_accepted, verify_budget
 from drafttrain.scheduling.tree import TreeBuilder
@@ -167,12 +168,15 @@ class DyTCDrafter:
         return min(self.ema.estimate(level), MAX_ACCEPT)
 
     def _draft_seconds(self, level: str, depth: int, k: int, step: _Step) -> float:
-        """Feed the root and the path to the node (depth + 1 tokens), then k - 1 one-token steps
-        (all priced at the step's context length; a few tokens more change little)."""
+        """A model level feeds the root and the path to the node (depth + 1 tokens), then takes
+        k - 1 one-token steps; the n-gram drafter answers k tokens in one call, timed as such.
+        Everything is priced at the step's context length (a few tokens more change little)."""
         feed = step.feed.get(level)
         if feed is None:
-            counts = np.arange(0, self.settings.max_depth + 2)
+            counts = np.arange(0, max(self.settings.max_depth, self.settings.k_max) + 2)
             feed = step.feed[level] = np.asarray(self.latency.models[level].predict(counts, step.context_length))
+        if isinstance(self.levels[level], NgramDrafter):
+            return float(feed[k])
         return float(feed[depth + 1] + (k - 1) * feed[1])
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
@@ -234,7 +238,7 @@ class DyTCDrafter:
             return np.full(len(nodes), self._accept(level))
         depths = np.array([builder.depths[node] for node in nodes])
         confidence = self._confidence(predictor.feature, draft)
-        calibrated = predictor.predict(confidence, depths)
+        calibrated = predictor.predict(confidence, depths, exact=False)
         scale = self._accept(level) / max(predictor.mean_acceptance, 1e-6)
         return np.clip(calibrated * scale, 0.0, MAX_ACCEPT)
 

@@ -75,6 +75,14 @@ def test_json_round_trip_predicts_exactly_what_sklearn_predicted(tmp_path):
     assert AcceptancePredictors.load(path).ema_window == 12
 
 
+def test_fast_interpolation_agrees_with_predict():
+    traces, _ = synthetic_traces(3000, seed=8)
+    predictor, _ = fit_level(traces, min_rows=100)
+    probe, depths = np.linspace(-0.5, 1.5, 301), np.tile([1, 3, 7], 101)[:301]
+    np.testing.assert_allclose(predictor.predict(probe, depths, exact=False), predictor.predict(probe, depths),
+                               rtol=0, atol=1e-12)
+
+
 def test_isotonic_map_matches_sklearn_on_a_single_threshold():
     model = IsotonicRegression(out_of_bounds="clip").fit([0.3, 0.3, 0.3], [1.0, 0.0, 1.0])
     isotonic = IsotonicMap.from_sklearn(model)
