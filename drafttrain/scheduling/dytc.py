@@ -270,7 +270,7 @@ class DyTCDrafter:
         level, parent = builder.levels[first], builder.parents[first]
         predictor = self._mode_predictors.get(level)
         depth = builder.depths[first]
-        probability = (float(predictor.predict(np.array([float(q_row[token])]), np.array([depth]))[0])
+        probability = (float(predictor.predict(np.array([float(q_row[token])]), np.array([depth]), exact=False)[0])
                        if predictor is not None and predictor.feature == "q_token" else 0.0)
         cumulative = (1.0 if parent < 0 else step.cumulative[parent]) * min(probability, MAX_ACCEPT)
         nodes = len(builder)

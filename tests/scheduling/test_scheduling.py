@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
 from conftest import runtime_model, sampled_pair_pvalue
@@ -225,4 +224,4 @@ def test_heuristic_schedule_grows_and_shrinks():
     drafter.reset()
     result = decoder.generate([1, 2, 3], drafter, GenerationConfig(30, shape=TreeShape.chain(32)))
     assert result.tokens == expected and result.stats.target_forwards < 10
-    assert np.isclose(drafter.k, 9) or drafter.k <= 9
+    assert drafter.k == 9  # every draft was accepted, so k grew to its cap
