@@ -36,6 +36,20 @@ class EvalConfig:
     predictors: Path | None = _help("predictors.json of `drafttrain run calibrate` (dytc)", default=None)
     latency: Path | None = _help("latency.json of `drafttrain run calibrate` (dytc)", default=None)
     k_heuristic: int = _help("first draft length of hf-heuristic", default=5)
+    k_vc: list[int] = _help("vc: [draft-model tokens per step, n-gram tokens the draft model reviews per "
+                            "forward]", default_factory=lambda: [4, 4])
+    k_hc: list[int] = _help("hc: [draft-model tokens per step, n-gram tokens appended after them]",
+                            default_factory=lambda: [2, 4])
+    k_csd: list[int] = _help("csd k-matrix, flattened: [draft-model tokens for the target, n-gram tokens for "
+                             "the target, n-gram tokens for the draft model]", default_factory=lambda: [3, 4, 4])
+    tree_nodes: int = _help("tree: draft-model nodes of the static tree, chosen by cumulative draft "
+                            "probability", default=16)
+    tree_depth: int = _help("tree: deepest draft-model node", default=6)
+    tree_ngram: int = _help("tree: n-gram stage tokens grafted below the most probable leaf (0: none)",
+                            default=4)
+    alphas: list[float] = _help("speccascade-*: lenience values alpha to sweep (0 is exact speculative "
+                                "decoding)", default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5])
+    k_cascade: int = _help("speccascade-*: draft length of the draft model", default=4)
     pld_tokens: int = _help("prompt_lookup_num_tokens for hf-pld", default=10)
     stop_strings: list[str] = _help("stop generation at any of these strings", default_factory=list)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
@@ -55,7 +69,15 @@ class EvalConfig:
             for needed in METHODS[name].needs:
                 if getattr(self, needed) is None:
                     raise DrafttrainError(f"method {name} needs `{needed}`; set --{needed.replace('_', '-')}")
-        for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens", "k_heuristic"):
+        for name, size in (("k_vc", 2), ("k_hc", 2), ("k_csd", 3)):
+            values = getattr(self, name)
+            if len(values) != size or any(v < 0 for v in values) or values[0] <= 0:
+                raise DrafttrainError(f"{name}={values} is invalid: give {size} non-negative integers, the first "
+                                      "positive (see `drafttrain eval --help`)")
+        if any(not 0.0 <= alpha <= 1.0 for alpha in self.alphas) or not self.alphas:
+            raise DrafttrainError(f"alphas={self.alphas} is invalid: give one or more values in [0, 1]")
+        for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens", "k_heuristic",
+                     "tree_nodes", "tree_depth", "k_cascade"):
             if getattr(self, name) <= 0:
                 raise DrafttrainError(f"{name}={getattr(self, name)} is invalid: it must be a positive integer")
 

@@ -212,3 +212,8 @@ def _hf_assisted(context: EvalContext) -> Method:
 @method("hf-pld", "transformers prompt lookup decoding", engine=False)
 def _hf_pld(context: EvalContext) -> Method:
     return HFMethod(context, prompt_lookup_num_tokens=context.config.pld_tokens)
+
+
+# Methods registered by their own modules (imported last: they use `method` and `EngineMethod`).
+from drafttrain.evaluation import baseline_methods as _baseline_methods  # noqa: E402,F401
+from drafttrain.evaluation import lossy_methods as _lossy_methods  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""`drafttrain eval` methods for lossy speculative cascades: speccascade-chow|diff|opt|token."""
