@@ -324,6 +324,7 @@ class NgramDrafter:
     """
 
     name = "ngram"
+    drafts_in_one_call = True  # a chain of any length costs one lookup: schedulers price it so
 
     def __init__(
         self, min_match: int = 1, max_match: int = 8, bigram: BigramTable | None = None,

@@ -7,6 +7,7 @@ builder and registering it with `@method(name, needs=...)`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -99,8 +100,7 @@ class EngineMethod:
 
 
 def _with_seed(config: GenerationConfig, seed: int) -> GenerationConfig:
-    return GenerationConfig(config.max_new_tokens, config.sampling, config.shape, config.eos_token_ids,
-                            config.stop_strings, seed)
+    return dataclasses.replace(config, seed=seed)
 
 
 @method("ar", "our engine, plain autoregressive decoding (the baseline)")
@@ -137,31 +137,91 @@ def _hf_heuristic(context: EvalContext) -> Method:
     return EngineMethod(context, HeuristicKDrafter(drafter, context.config.k_heuristic), TreeShape.chain(32))
 
 
-@method("dytc", "our engine with the Dynamic Tree Cascade over the draft (--draft), the self-draft levels "
-        "(--levels) and the n-gram drafter, from calibrated predictors (--predictors, --latency)",
-        needs=("predictors", "latency"))
-def _dytc(context: EvalContext) -> Method:
-    import sys
-
-    from drafttrain.calibration import AcceptanceEMA, AcceptancePredictors
-    from drafttrain.calibration.latency import LatencyProfile, hardware_fingerprint
+def cascade_drafters(context: EvalContext) -> dict[str, Drafter]:
+    """The levels of the configured cascade by name: --draft, the views of --levels, the n-gram drafter."""
     from drafttrain.drafters.cascade import CascadeSpec, build_drafters
-    from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
     from drafttrain.search.study import read_levels
 
     config = context.config
     views = [level.spec for level in read_levels(config.levels)] if config.levels else []
     spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
-    drafters = build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
-    predictors = AcceptancePredictors.load(config.predictors)
-    latency = LatencyProfile.load(config.latency)
+    return build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
+
+
+def load_latency(context: EvalContext):
+    """The latency profile of --latency, with a warning for each way its hardware differs from ours."""
+    import sys
+
+    from drafttrain.calibration.latency import LatencyProfile, hardware_fingerprint
+
+    latency = LatencyProfile.load(context.config.latency)
     for difference in latency.check_hardware(hardware_fingerprint(context.device, context.dtype)):
-        print(f"warning: {config.latency} was measured on other hardware ({difference}); re-run "
+        print(f"warning: {context.config.latency} was measured on other hardware ({difference}); re-run "
               "`drafttrain run calibrate` here for accurate costs", file=sys.stderr)
+    return latency
+
+
+@method("dytc", "our engine with the Dynamic Tree Cascade over the draft (--draft), the self-draft levels "
+        "(--levels) and the n-gram drafter, from calibrated predictors (--predictors, --latency)",
+        needs=("predictors", "latency"))
+def _dytc(context: EvalContext) -> Method:
+    from drafttrain.calibration import AcceptanceEMA, AcceptancePredictors
+    from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
+
+    predictors = AcceptancePredictors.load(context.config.predictors)
     settings = DyTCSettings()
-    dytc = DyTCDrafter(drafters, predictors.modes, latency, context.target.args.vocab_size,
-                       AcceptanceEMA(predictors.ema_lambda, predictors.ema_window), settings)
+    dytc = DyTCDrafter(cascade_drafters(context), predictors.modes, load_latency(context),
+                       context.target.args.vocab_size, AcceptanceEMA(predictors.ema_lambda, predictors.ema_window),
+                       settings)
     return EngineMethod(context, dytc, capacity_shape(64, settings.max_depth))
+
+
+class OracleMethod:
+    """The hindsight bound (`drafttrain.scheduling.oracle`): decodes with `ar`, then schedules that
+    output over the cascade's levels with the latency profile's costs. Its seconds are the measured
+    prefill plus the oracle schedule's predicted decode time, with the per-step overhead the engine
+    showed on this very `ar` run (measured minus predicted, per token) added to every step."""
+
+    def __init__(self, context: EvalContext, max_depth: int = 16) -> None:
+        self.decoder, self.target = context.decoder, context.target
+        self.config = context.generation_config(None)
+        self.drafters, self.latency = cascade_drafters(context), load_latency(context)
+        self.max_depth = max_depth
+
+    def run(self, prompt_ids: list[int], seed: int) -> MethodOutput:
+        from drafttrain.scheduling.oracle import (
+            autoregressive_seconds,
+            hindsight_runs,
+            hindsight_schedule,
+            profile_costs,
+        )
+
+        result = self.decoder.generate(prompt_ids, None, _with_seed(self.config, seed))
+        tokens, stats = result.tokens, result.stats
+        ids = torch.tensor(list(prompt_ids) + tokens, device=self.target.device)
+        runs = hindsight_runs(self.drafters, self.target, ids, len(prompt_ids), self.max_depth)
+        one_call = frozenset(name for name, drafter in self.drafters.items()
+                             if getattr(drafter, "drafts_in_one_call", False))
+        costs_at = profile_costs(self.latency, list(self.drafters), len(prompt_ids), self.max_depth, one_call)
+        measured = stats.total_seconds - stats.prefill_seconds
+        overhead = max(0.0, (measured - autoregressive_seconds(costs_at, len(tokens), 0.0)) / max(len(tokens), 1))
+        schedule = hindsight_schedule(runs, costs_at, overhead, self.max_depth)
+        bound = RunStats(new_tokens=len(tokens), target_forwards=schedule.steps, prefill_forwards=stats.prefill_forwards,
+                         drafted=dict(schedule.drafted), accepted=dict(schedule.drafted),
+                         prefill_seconds=stats.prefill_seconds, verify_seconds=schedule.seconds,
+                         total_seconds=stats.prefill_seconds + schedule.seconds)
+        return MethodOutput(tokens, bound.total_seconds, stats.prefill_seconds, bound)
+
+
+@method("oracle", "a bound, not a decoder: the hindsight-best schedule of ar's greedy output over the "
+        "cascade's levels (--draft, --levels, n-gram), priced by --latency", needs=("latency",))
+def _oracle(context: EvalContext) -> Method:
+    from drafttrain.errors import DrafttrainError
+
+    if not context.sampling.greedy:
+        raise DrafttrainError("the oracle is defined for greedy decoding only: drop `oracle` from methods "
+                              "when temperature > 0")
+    return OracleMethod(context)
 
 
 class HFMethod:

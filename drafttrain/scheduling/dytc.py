@@ -38,9 +38,8 @@ from drafttrain.calibration.online import AcceptanceEMA
 from drafttrain.calibration.traces import mode_name
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
-from drafttrain.drafters.ngram import NgramDrafter
 from drafttrain.errors import DrafttrainError
-from drafttrain.scheduling.scores import best_choice, expected_accepted, verify_budget
+from drafttrain.scheduling.scores import best_scored, dytc_score, expected_accepted, verify_budget
 from drafttrain.scheduling.tree import TreeBuilder
 
 MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
@@ -48,11 +47,16 @@ MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
 
 @dataclass
 class DyTCSettings:
-    k_max: int = 8  # longest chain one expansion drafts
+    k_max: int = 8  # longest chain one expansion of a model level drafts (an n-gram draft: max_depth)
     max_depth: int = 16  # deepest node of a tree
     budget_factor: float = 2.0  # tree budget: verify cost <= factor x a one-token forward
-    bottom: str = "ngram"  # the level credited by the a^k * a_bottom term (if present)
+    bottom: str = "ngram"  # the level credited by the a^k * a_bottom term of T (if present)
+    choice: str = "rate"  # "rate": the expansion that most raises the step's expected rate; "cas-spec": T(S, k)
     siblings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.choice not in ("rate", "cas-spec"):
+            raise DrafttrainError(f"DyTC choice={self.choice!r} is invalid: use 'rate' or 'cas-spec'")
 
 
 @dataclass
@@ -76,6 +80,28 @@ class _Step:
     gain: float = 0.0  # expected accepted draft tokens of the tree
     draft_seconds: float = 0.0
     failed: set[tuple[int, str]] = field(default_factory=set)  # (node, level) that drafted nothing
+    expansions: list[tuple[int, str, int]] = field(default_factory=list)  # (node, level, tokens drafted)
+
+
+def _one_call(drafter: Drafter) -> bool:
+    """Whether a chain of any length costs the drafter one call (the n-gram drafter), not k steps."""
+    return bool(getattr(drafter, "drafts_in_one_call", False))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What the scheduler expected of the tree it proposed: for diagnostics and tests."""
+
+    nodes: int
+    expected_accepted: float  # sum over nodes of P(the path to the node is accepted)
+    draft_seconds: float  # predicted
+    verify_seconds: float  # predicted
+    expansions: tuple[tuple[int, str, int], ...] = ()  # (node drafted below, level, tokens drafted), in order
+
+    @property
+    def expected_rate(self) -> float:
+        """Expected committed tokens per predicted second, the bonus token included."""
+        return (1.0 + self.expected_accepted) / (self.draft_seconds + self.verify_seconds)
 
 
 def capacity_shape(max_nodes: int, max_depth: int) -> TreeShape:
@@ -103,6 +129,7 @@ class DyTCDrafter:
         self.settings = settings or DyTCSettings()
         self.ema = ema or AcceptanceEMA()
         self._mode_predictors: dict[str, LevelPredictor] = {}
+        self.last_plan: StepPlan | None = None
 
     # ---- protocol --------------------------------------------------------------------------
 
@@ -133,10 +160,14 @@ class DyTCDrafter:
                 heapq.heappush(frontier, (cumulative, node))
                 continue
             step.draft_seconds += expansion.seconds
+            step.expansions.append((expansion.node, expansion.level, len(new_nodes)))
             if self.settings.siblings and len(step.builder) < budget:
                 self._add_sibling(new_nodes[0], step, sampling, generator, frontier)
             tip = new_nodes[-1]
             heapq.heappush(frontier, (-step.cumulative[tip], tip))
+        nodes = len(step.builder)
+        self.last_plan = StepPlan(nodes, step.gain, step.draft_seconds, self._verify_seconds(nodes, step),
+                                  tuple(step.expansions))
         return step.builder.build(self.vocab_size)
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
@@ -175,25 +206,51 @@ class DyTCDrafter:
         if feed is None:
             counts = np.arange(0, max(self.settings.max_depth, self.settings.k_max) + 2)
             feed = step.feed[level] = np.asarray(self.latency.models[level].predict(counts, step.context_length))
-        if isinstance(self.levels[level], NgramDrafter):
+        if _one_call(self.levels[level]):
             return float(feed[k])
         return float(feed[depth + 1] + (k - 1) * feed[1])
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
         depth = step.builder.depth(node)
-        k_max = min(self.settings.k_max, budget - len(step.builder), max_depth - depth)
-        if k_max <= 0:
+        room = min(budget - len(step.builder), max_depth - depth)
+        if room <= 0:
             return None
-        bottom = self.settings.bottom if self.settings.bottom in self.levels else None
-        bottom_accept = self._accept(bottom) if bottom else 0.0
-        bottom_cost = self._draft_seconds(bottom, 0, 1, step) if bottom else 0.0
-        candidates = [(name, self._accept(name), lambda k, name=name: self._draft_seconds(name, depth, k, step))
-                      for name in self.levels if (node, name) not in step.failed]
-        choice = best_choice(candidates, k_max, bottom_accept, bottom_cost)
+        names = [name for name in self.levels if (node, name) not in step.failed]
+        if self.settings.choice == "cas-spec":
+            choice = self._choose_cas_spec(names, depth, room, step)
+        else:
+            choice = best_scored(option for name in names for option in self._rate_options(name, cumulative, depth,
+                                                                                             room, step))
         if choice is None:
             return None
         gain = cumulative * expected_accepted(self._accept(choice.level), choice.k)
         return _Expansion(node, choice.level, choice.k, gain, self._draft_seconds(choice.level, depth, choice.k, step))
+
+    def _k_max(self, level: str, room: int) -> int:
+        return room if _one_call(self.levels[level]) else min(room, self.settings.k_max)
+
+    def _rate_options(self, level: str, cumulative: float, depth: int, room: int, step: _Step):
+        """(level, k, the step's expected rate with that expansion added) for k = 1 .. k_max."""
+        ks = np.arange(1, self._k_max(level, room) + 1)
+        accept = self._accept(level)
+        gains = cumulative * accept * (1.0 - accept ** ks) / (1.0 - accept)
+        self._draft_seconds(level, depth, 1, step)  # fills the level's feed table
+        feed = step.feed[level]
+        drafting = feed[ks] if _one_call(self.levels[level]) else feed[depth + 1] + (ks - 1) * feed[1]
+        nodes = len(step.builder)
+        verify = step.verify[np.minimum(nodes + ks, len(step.verify) - 1)]
+        rates = (1.0 + step.gain + gains) / (step.draft_seconds + drafting + verify)
+        return zip([level] * len(ks), ks.tolist(), rates.tolist())
+
+    def _choose_cas_spec(self, names: list[str], depth: int, room: int, step: _Step):
+        """CAS-Spec's rule: argmax of T(S, k) (drafting cost only, bottom credit)."""
+        bottom = self.settings.bottom if self.settings.bottom in self.levels else None
+        bottom_accept = self._accept(bottom) if bottom else 0.0
+        bottom_cost = self._draft_seconds(bottom, 0, 1, step) if bottom else 0.0
+        return best_scored(
+            (name, k, dytc_score(self._accept(name), k, self._draft_seconds(name, depth, k, step), bottom_accept,
+                                 bottom_cost))
+            for name in names for k in range(1, self._k_max(name, room) + 1))
 
     @staticmethod
     def _verify_seconds(nodes: int, step: _Step) -> float:

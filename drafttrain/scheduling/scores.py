@@ -9,6 +9,14 @@ tokens with level S by expected accepted tokens per unit of drafting cost,
 where the a_S^k * a_bottom term credits the cheap bottom drafter (n-gram) for continuing after a
 fully accepted draft, and c_S(k) is the measured cost of drafting k tokens with S (in CAS-Spec
 c_S * k; here the latency predictors' cost, which also prices feeding the path to the leaf).
+
+T ignores what the draft adds to the verify forward and that splitting a chain into several
+expansions pays the feed again. `rate_after` scores an expansion by the step's expected rate once
+it is added: (1 + G + g) / (D + V + d + dV), with G, D, V the step's expected accepted tokens,
+drafting and verify seconds so far, g = P(reach the node) * E_S(k) the expansion's expected
+tokens, d its drafting seconds and dV the larger verify. Growing while the best expansion raises
+that rate maximizes expected committed tokens per second of the step, the quantity the oracle
+(`drafttrain.scheduling.oracle`) optimizes in hindsight.
 """
 
 from __future__ import annotations
@@ -43,15 +51,28 @@ class Choice:
     score: float
 
 
+def rate_after(gain: float, seconds: float, add_gain: float, add_seconds: float) -> float:
+    """Expected committed tokens per second of a step (the bonus token included) after adding an
+    expansion of expected `add_gain` tokens costing `add_seconds` (drafting and larger verify)."""
+    total = seconds + add_seconds
+    if total <= 0:
+        raise ValueError(f"a step must cost time, got {seconds} + {add_seconds} seconds")
+    return (1.0 + gain + add_gain) / total
+
+
 def best_choice(levels: Iterable[tuple[str, float, Callable[[int], float]]], k_max: int,
                 bottom_accept: float, bottom_cost: float) -> Choice | None:
     """argmax over (level, k <= k_max) of T; `levels` are (name, accept_prob, k -> draft cost)."""
+    return best_scored(((name, k, dytc_score(accept_prob, k, cost(k), bottom_accept, bottom_cost))
+                        for name, accept_prob, cost in levels for k in range(1, k_max + 1)))
+
+
+def best_scored(options: Iterable[tuple[str, int, float]]) -> Choice | None:
+    """The (level, k, score) option with the highest score (the first on ties); None if none."""
     best = None
-    for name, accept_prob, cost in levels:
-        for k in range(1, k_max + 1):
-            score = dytc_score(accept_prob, k, cost(k), bottom_accept, bottom_cost)
-            if best is None or score > best.score:
-                best = Choice(name, k, score)
+    for name, k, score in options:
+        if best is None or score > best.score:
+            best = Choice(name, k, score)
     return best
 
 

@@ -169,7 +169,8 @@ def test_dytc_falls_back_when_a_level_drafts_nothing():
     ngram, model = NgramDrafter(), FixedDrafter("self0", q=0.9)
     dytc = DyTCDrafter({"ngram": ngram, "self0": model},
                        {"greedy": {"ngram": match_predictor(), "self0": identity_predictor(0.9)}},
-                       profile({"target": (1.0, 0.01), "self0": (0.05, 0.0), "ngram": (0.001, 0.0)}), 8)
+                       profile({"target": (1.0, 0.01), "self0": (0.2, 0.0), "ngram": (0.001, 0.0)}), 8,
+                       settings=DyTCSettings(k_max=6))
     tree = dytc.propose(torch.tensor([1, 2, 3]), capacity_shape(64, 8), GREEDY, None)  # nothing recurs
     assert tree.levels[0] == "self0"  # the n-gram drafter had no match at the root
     # once self0's chain 4, 5, 6, 7, 0, 1 makes token 1 recur, the n-gram drafter copies "2, 3"

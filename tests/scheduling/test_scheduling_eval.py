@@ -28,12 +28,15 @@ def test_eval_runs_dytc_from_calibrated_predictors(tmp_path, tiny_target, tiny_d
                                     for i, t in enumerate(TINY_CORPUS[6:9])))
     out = tmp_path / "eval"
     code = main(["eval", "--target", str(tiny_target), "--prompts", str(eval_prompts), "--methods",
-                 "ar,dytc,hf-heuristic", "--draft", str(tiny_draft), "--levels", str(levels), "--predictors",
+                 "ar,dytc,hf-heuristic,oracle", "--draft", str(tiny_draft), "--levels", str(levels), "--predictors",
                  str(calibrated / "predictors.json"), "--latency", str(calibrated / "latency.json"),
                  "--max-new-tokens", "24", "--out", str(out), "--threads", "1"])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["methods"]["dytc"]["lossless"] is True
     assert report["methods"]["hf-heuristic"]["lossless"] is True
+    oracle = report["methods"]["oracle"]  # a bound: ar's output, scheduled in hindsight
+    assert oracle["lossless"] is True and oracle["mean_accepted_tokens"] >= 1.0
+    assert oracle["stats"]["drafted"] == oracle["stats"]["accepted"]
     drafted = report["methods"]["dytc"]["stats"]["drafted"]  # per level: the trees mix levels
     assert drafted and set(drafted) <= {"draft0", "self0", "self1", "ngram"} and sum(drafted.values()) > 0
