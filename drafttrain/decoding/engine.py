@@ -5,6 +5,10 @@ but the newest, the root of the next draft tree; one target forward over the roo
 (ancestor-only mask, depth-based positions) scores every draft token, verification picks the
 accepted path and the next token, and the cache keeps only that path. Plain autoregressive
 decoding (`drafter=None`) is the same loop with an empty tree.
+
+With a deferral rule in the config (a lossy speculative cascade, `drafttrain.decoding.deferral`)
+verification runs against pi, a blend of the target's and the draft's distributions, instead of
+against the target's alone; without one (or with alpha = 0) decoding is exact.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from drafttrain.decoding.deferral import DeferralRule, blend_tree_rows
 from drafttrain.decoding.sampling import SamplingParams, logits_to_probs
 from drafttrain.decoding.stats import RunStats
 from drafttrain.decoding.stopping import StopChecker
@@ -33,6 +38,7 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     seed: int = 0
+    deferral: DeferralRule | None = None  # lossy speculative cascade: verify against pi, not p
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -102,6 +108,9 @@ class SpeculativeDecoder:
         self.check_length(len(prompt), config.max_new_tokens, drafter)
         if drafter is not None and config.shape is None:
             raise DrafttrainError(f"drafter {drafter.name} needs a draft shape (k or tree) in the config")
+        if config.deferral is not None and drafter is None:
+            raise DrafttrainError(f"deferral rule {config.deferral.name} needs a drafter: speculative cascades "
+                                  "blend the draft's distribution into the target's")
         tree_nodes = config.shape.num_nodes if drafter is not None else 0
         total = len(prompt) + config.max_new_tokens
         cache = self._prepare_cache(total + tree_nodes + 1)
@@ -122,7 +131,8 @@ class SpeculativeDecoder:
             tree = drafter.propose(ids[:length], shape, config.sampling, generator) if shape else DraftTree.empty(device)
             t_verify = _sync_time(device)
             depths = tree.depths()
-            path, next_token, logits = self._verify(ids[length - 1], tree, depths, cache, config.sampling, generator)
+            path, next_token, logits = self._verify(ids[length - 1], tree, depths, cache, config.sampling, generator,
+                                                    config.deferral)
             stats.verify_seconds += _sync_time(device) - t_verify
             stats.draft_seconds += t_verify - t_draft
             if shape:
@@ -150,8 +160,12 @@ class SpeculativeDecoder:
         stats.prefill_seconds += _sync_time(prompt.device) - started
 
     def _verify(self, root: torch.Tensor, tree: DraftTree, depths: list[int], cache: KVCache,
-                sampling: SamplingParams, generator: torch.Generator) -> tuple[list[int], int, torch.Tensor]:
-        """One target forward over root + tree; keeps the accepted path in the cache."""
+                sampling: SamplingParams, generator: torch.Generator,
+                deferral: DeferralRule | None = None) -> tuple[list[int], int, torch.Tensor]:
+        """One target forward over root + tree; keeps the accepted path in the cache.
+
+        With `deferral`, each row's target distribution is replaced by the rule's blend pi with the
+        draft distribution there (see `drafttrain.decoding.deferral`) before verification."""
         start = cache.length
         if len(tree) == 0:
             logits = self.target(root[None], torch.tensor([start], device=root.device), cache, start)
@@ -161,12 +175,28 @@ class SpeculativeDecoder:
             mask = tree_mask(start, tree.parents, root.device)
             logits = self.target(tokens, positions, cache, start, mask)
         if sampling.greedy:
-            path, next_token = verify_greedy(tree, logits.argmax(dim=-1))
+            path, next_token = verify_greedy(tree, _greedy_choices(logits, tree, deferral))
         else:
-            path, next_token = verify_sampling(tree, logits_to_probs(logits, sampling), generator)
+            probs = logits_to_probs(logits, sampling)
+            if deferral is not None and len(tree):
+                probs = blend_tree_rows(probs, tree, deferral)
+            path, next_token = verify_sampling(tree, probs, generator)
         cache.keep_path(start + 1, [start + 1 + node for node in path])
         cache.length = start + 1 + len(path)
         return path, next_token, logits
+
+
+def _greedy_choices(logits: torch.Tensor, tree: DraftTree, deferral: DeferralRule | None) -> torch.Tensor:
+    """The token greedy verification wants at each row: the target's argmax, or under a deferral
+    rule the argmax of pi (built from the temperature-1 distributions, as the draft's q is) at the
+    rows where the rule changed the target's distribution; elsewhere the target's own argmax."""
+    argmax = logits.argmax(dim=-1)
+    if deferral is None or not len(tree):
+        return argmax
+    p_target = logits_to_probs(logits, SamplingParams(1.0))
+    pi = blend_tree_rows(p_target, tree, deferral)
+    changed = (pi != p_target).any(dim=-1)
+    return torch.where(changed, pi.argmax(dim=-1), argmax)
 
 
 def _clip_shape(shape: TreeShape, max_depth: int) -> TreeShape | None:

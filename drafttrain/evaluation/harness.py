@@ -1,15 +1,23 @@
-"""Run the chosen methods on every prompt, interleaved per prompt so machine drift hits all alike."""
+"""Run the chosen methods on every prompt, interleaved per prompt so machine drift hits all alike.
+
+A method may stand for several measured runs (a `MethodFamily`: speccascade-* runs once per alpha,
+named `speccascade-chow@0.1`, ...); each run is interleaved, rotated and warmed up like any other
+method. After timing, every run's outputs are scored against the target (`quality.score_runs`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from rich.progress import Progress
 
+from drafttrain.decoding.deferral import DeferralRule
 from drafttrain.evaluation.config import EvalConfig
 from drafttrain.evaluation.methods import METHODS, EvalContext, Method, MethodOutput
 from drafttrain.evaluation.prompts import Prompt, load_prompts
+from drafttrain.evaluation.quality import MethodQuality, score_runs
 
 
 @dataclass
@@ -17,6 +25,20 @@ class MethodRuns:
     """Every measured run of one method, one per prompt, in prompt order."""
 
     outputs: list[MethodOutput] = field(default_factory=list)
+    deferral: DeferralRule | None = None  # a lossy run's rule (speccascade-*): it may differ from ar
+    quality: MethodQuality | None = None  # set after timing by `quality.score_runs`
+
+
+@runtime_checkable
+class MethodFamily(Protocol):
+    """What a method builder may return instead of a `Method`: several named runs (one per alpha)."""
+
+    def variants(self) -> dict[str, Method]: ...
+
+
+def expand_method(name: str, built: Method | MethodFamily) -> dict[str, Method]:
+    """The measured runs a built method stands for, by run name."""
+    return built.variants() if isinstance(built, MethodFamily) else {name: built}
 
 
 def run_methods(config: EvalConfig, progress: bool = True) -> tuple[EvalContext, list[Prompt], dict[str, MethodRuns]]:
@@ -28,11 +50,13 @@ def run_methods(config: EvalConfig, progress: bool = True) -> tuple[EvalContext,
     prompt_ids = [context.tokenizer(p.text).input_ids for p in prompts]
     for ids in prompt_ids:
         context.decoder.check_length(len(ids), config.max_new_tokens)
-    methods: dict[str, Method] = {name: METHODS[name].build(context) for name in config.methods}
+    methods: dict[str, Method] = {}
+    for name in config.methods:
+        methods.update(expand_method(name, METHODS[name].build(context)))
     if config.warmup:
         for name, runner in methods.items():
             runner.run(prompt_ids[0], config.seed)
-    runs = {name: MethodRuns() for name in methods}
+    runs = {name: MethodRuns(deferral=getattr(runner, "deferral", None)) for name, runner in methods.items()}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(prompts) * len(methods))
         for index, ids in enumerate(prompt_ids):
@@ -42,4 +66,5 @@ def run_methods(config: EvalConfig, progress: bool = True) -> tuple[EvalContext,
                 bar.update(task, description=f"{prompts[index].id} {name}")
                 runs[name].outputs.append(methods[name].run(ids, config.seed + index))
                 bar.advance(task)
+    score_runs(context, prompt_ids, runs)
     return context, prompts, runs

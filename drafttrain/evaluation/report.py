@@ -2,7 +2,10 @@
 
 Speedups are ratios of tokens/s measured in the same run; their 95% interval comes from a
 bootstrap over prompts. `lossless` compares every prompt's tokens with `ar`'s under greedy
-decoding: a mismatch is a bug, never a result.
+decoding: a mismatch is a bug, never a result, except for the lossy runs of speculative cascades
+(speccascade-*@alpha with alpha > 0), whose `lossless` is null. Every method also reports its
+quality against the target (`drafttrain.evaluation.quality`): `exact_match_rate`,
+`matching_prefix` and `target_loglik`; lossy runs name their `deferral` rule and alpha.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from drafttrain.decoding.stats import RunStats
-from drafttrain.io import write_atomically
 from drafttrain.evaluation.harness import MethodRuns
+from drafttrain.io import write_atomically
 
 BOOTSTRAP_SAMPLES = 2000
 
@@ -41,8 +44,12 @@ def tokens_per_s(runs: MethodRuns) -> float:
     return float(tokens.sum() / seconds.sum())
 
 
+def _lossy(runs: MethodRuns) -> bool:
+    return runs.deferral is not None and runs.deferral.alpha > 0
+
+
 def _lossless(runs: MethodRuns, reference: MethodRuns | None, greedy: bool) -> bool | None:
-    if not greedy or reference is None:
+    if not greedy or reference is None or _lossy(runs):
         return None
     return all(o.tokens == r.tokens for o, r in zip(runs.outputs, reference.outputs))
 
@@ -57,6 +64,8 @@ def method_entry(runs: MethodRuns, all_runs: dict[str, MethodRuns], greedy: bool
             stats.merge(output.stats)
     decode_seconds = sum(o.seconds - o.prefill_seconds for o in runs.outputs) if engine else None
     new_tokens = sum(len(o.tokens) for o in runs.outputs)
+    quality = runs.quality
+    deferral = runs.deferral
     return {
         "tokens_per_s": speed,
         "speedup_vs_ar": speed / tokens_per_s(ar) if ar else None,
@@ -70,6 +79,10 @@ def method_entry(runs: MethodRuns, all_runs: dict[str, MethodRuns], greedy: bool
         "seconds": float(sum(o.seconds for o in runs.outputs)),
         "tokens_per_s_decode": new_tokens / decode_seconds if decode_seconds else None,
         "stats": stats.to_json() if engine else None,
+        "exact_match_rate": quality.exact_match_rate if quality else None,
+        "matching_prefix": quality.matching_prefix if quality else None,
+        "target_loglik": quality.target_loglik if quality else None,
+        "deferral": {"rule": deferral.name, "alpha": deferral.alpha} if deferral else None,
     }
 
 
@@ -94,13 +107,14 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"# drafttrain eval: {report['target']}",
         "",
-        f"device: {report['device']}; prompts: {report['prompts']}; max_new_tokens: "
-        f"{report['max_new_tokens']}; temperature: {report['temperature']}",
+        (f"device: {report['device']}; prompts: {report['prompts']}; max_new_tokens: "
+         f"{report['max_new_tokens']}; temperature: {report['temperature']}"),
         "",
         f"command: `{report['command']}`",
         "",
-        "| method | tokens/s | vs ar | 95% CI | vs hf | tokens/forward | acceptance | target forwards | lossless |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        ("| method | tokens/s | vs ar | 95% CI | vs hf | tokens/forward | acceptance | target forwards | lossless "
+         "| exact match | matching prefix | target loglik |"),
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, entry in report["methods"].items():
         ci = entry["speedup_ci95"]
@@ -108,8 +122,17 @@ def report_markdown(report: dict) -> str:
             f"| {name} | {entry['tokens_per_s']:.1f} | {_fmt(entry['speedup_vs_ar'])}x | "
             f"{'-' if ci is None else f'{ci[0]:.2f}-{ci[1]:.2f}'} | {_fmt(entry['speedup_vs_hf'])}x | "
             f"{_fmt(entry['mean_accepted_tokens'])} | {_fmt(entry['acceptance_rate'], '.1%')} | "
-            f"{_fmt(entry['target_forwards'], 'd')} | {_fmt(entry['lossless'], '', 'n/a (sampling)')} |")
+            f"{_fmt(entry['target_forwards'], 'd')} | {_lossless_cell(entry)} | "
+            f"{_fmt(entry.get('exact_match_rate'), '.0%')} | {_fmt(entry.get('matching_prefix'), '.0%')} | "
+            f"{_fmt(entry.get('target_loglik'), '.3f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _lossless_cell(entry: dict) -> str:
+    deferral = entry.get("deferral")
+    if deferral and deferral["alpha"] > 0:
+        return "n/a (lossy)"
+    return _fmt(entry["lossless"], "", "n/a (sampling)")
 
 
 def write_report(report: dict, out_dir: Path) -> None:
