@@ -188,6 +188,51 @@ class ModelDrafter(_TransformerDrafter):
         self.cache.keep_path(self._start, [self._start + node for node in kept])
         self.cached = self._start + len(kept)
 
+    # ---- direct feeding, for schedulers that drive the draft model themselves (see
+    # drafttrain.scheduling.cascades and static_tree). They manage `cached` with `score`,
+    # `rollback` and `keep_path` instead of calling `propose` / `observe`.
+
+    def score(self, sequence: torch.Tensor, rows: int) -> torch.Tensor:
+        """Logits after each of the last `rows` tokens of `sequence`, [rows, target vocab], in one forward.
+
+        `sequence` is the whole sequence so far (committed context, then any draft tokens); the
+        tokens past the trusted cache entries (at least the last `rows`) are fed with a causal mask.
+        Afterwards every token of `sequence` counts as cached: `rollback` forgets the entries of
+        tokens that turn out to be wrong.
+        """
+        length = len(sequence)
+        if not 0 < rows <= length:
+            raise ValueError(f"score: asked for {rows} logits rows of a {length}-token sequence")
+        start = self.cached = min(self.cached, length - rows)
+        fed = length - start
+        mask = causal_mask(start, fed, sequence.device) if fed > 1 and start > 0 else None
+        positions = torch.arange(start, length, device=sequence.device)
+        logits = self.forward_at(sequence[start:], positions, start, mask, slice(-rows, None))
+        self.cached = length
+        return logits
+
+    def forward_at(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int, mask: torch.Tensor | None,
+                   logits_rows: slice = slice(None)) -> torch.Tensor:
+        """Feed `tokens` [n] into cache slots slot .. slot + n - 1 (the cache grows as needed) at RoPE
+        `positions` [n], each seeing the slots `mask` [n, slot + n] allows (None: causal); returns
+        logits fitted to the target's vocabulary. Which entries are trusted (`cached`) is unchanged:
+        a tree's nodes live in scratch slots until `keep_path` keeps an accepted path."""
+        self._ensure_capacity(slot + len(tokens))
+        logits = self.model(tokens, positions, self.cache, slot, mask, logits_rows=logits_rows)
+        return _fit_vocab(logits, self.target_vocab)
+
+    def rollback(self, length: int) -> None:
+        """Trust only the cache entries of the first `length` tokens from now on (free: the cache is
+        static, later writes overwrite the rest)."""
+        self.cached = min(self.cached, length)
+
+    def keep_path(self, start: int, slots: list[int]) -> None:
+        """Make the entries at `slots` (an accepted path of tree nodes fed with `forward_at`, root
+        side first) the tokens following the first `start` (which must be cached already), and
+        trust exactly those."""
+        self.cache.keep_path(start, slots)
+        self.cached = start + len(slots)
+
 
 def check_same_tokenizer(draft_tokenizer, target_tokenizer, draft_source: str) -> None:
     """Refuse a draft whose tokenizer maps any token differently from the target's."""
