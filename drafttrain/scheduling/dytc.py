@@ -320,20 +320,20 @@ class DyTCDrafter:
         if remaining.sum() <= 0:
             return
         remaining = remaining / remaining.sum()
-        if sampling.greedy:
-            token = int(remaining.argmax())
-        else:
-            token = int(torch.multinomial(remaining, 1, generator=generator))
+        # Whether to add the sibling is decided from the runner-up, before any sampling: a sibling
+        # kept or dropped by its own sampled value would bias rejection sampling.
+        runner_up = int(remaining.argmax())
         level, parent = builder.levels[first], builder.parents[first]
         predictor = self._mode_predictors.get(level)
         depth = builder.depths[first]
-        probability = (float(predictor.predict(np.array([float(q_row[token])]), np.array([depth]), exact=False)[0])
+        probability = (float(predictor.predict(np.array([float(q_row[runner_up])]), np.array([depth]), exact=False)[0])
                        if predictor is not None and predictor.feature == "q_token" else 0.0)
         cumulative = (1.0 if parent < 0 else step.cumulative[parent]) * min(probability, MAX_ACCEPT)
         nodes = len(builder)
         extra_verify = self._verify_seconds(nodes + 1, step) - self._verify_seconds(nodes, step)
         if cumulative <= 0 or cumulative / max(extra_verify, 1e-9) < self._rate(step):
             return
+        token = runner_up if sampling.greedy else int(torch.multinomial(remaining, 1, generator=generator))
         sibling = builder.add(parent, token, level, remaining)
         step.cumulative.append(cumulative)
         step.gain += cumulative
