@@ -29,6 +29,8 @@ def ema_acceptance(steps: list[tuple[int, int]], ema_lambda: float, prior: float
     counted as `prior_weight` judged tokens."""
     weights = [ema_lambda ** age for age in range(len(steps) - 1, -1, -1)]
     judged = sum(w * j for w, (_, j) in zip(weights, steps)) + prior_weight
+    if judged <= 0:
+        return prior
     return (sum(w * a for w, (a, _) in zip(weights, steps)) + prior * prior_weight) / judged
 
 
@@ -63,6 +65,14 @@ class AcceptanceEMA:
         if not 0 <= accepted <= judged:
             raise ValueError(f"accepted={accepted} must be between 0 and judged={judged}")
         self._steps.setdefault(level, deque(maxlen=self.window)).append((accepted, judged))
+
+    def idle(self, level: str) -> None:
+        """Record a step in which `level` drafted nothing judged: its observations age by one step,
+        so a level the scheduler left out drifts back to its prior and gets tried again (otherwise
+        a bad stretch would shut it out for the rest of the sequence)."""
+        steps = self._steps.get(level)
+        if steps:
+            steps.append((0, 0))
 
     def estimate(self, level: str, default: float = 0.5) -> float:
         """The level's moving average, else its prior, else `default`."""

@@ -43,6 +43,7 @@ from drafttrain.scheduling.scores import best_scored, dytc_score, expected_accep
 from drafttrain.scheduling.tree import TreeBuilder
 
 MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
+COST_BUCKET = 16  # context lengths within a bucket share predicted costs
 
 
 @dataclass
@@ -130,6 +131,7 @@ class DyTCDrafter:
         self.ema = ema or AcceptanceEMA()
         self._mode_predictors: dict[str, LevelPredictor] = {}
         self.last_plan: StepPlan | None = None
+        self._cost_tables: dict[tuple[str, int, int], np.ndarray] = {}
 
     # ---- protocol --------------------------------------------------------------------------
 
@@ -142,8 +144,8 @@ class DyTCDrafter:
                 generator: torch.Generator | None) -> DraftTree:
         self._use_mode(sampling)
         largest = min(self._largest_timed(), shape.num_nodes)
-        verify = self.latency.models[TARGET_LEVEL].predict(np.arange(1, largest + 2), len(context))
-        step = _Step(len(context), TreeBuilder(context.device), np.asarray(verify, dtype=np.float64))
+        verify = self._cost_table(TARGET_LEVEL, len(context), largest + 2)[1:]
+        step = _Step(len(context), TreeBuilder(context.device), verify)
         max_depth = min(self.settings.max_depth, shape.depth)
         budget = verify_budget(lambda n: step.verify[n], largest, self.settings.budget_factor)
         frontier = [(-1.0, -1)]  # (-cumulative probability, node); the root is certain
@@ -171,18 +173,20 @@ class DyTCDrafter:
         return step.builder.build(self.vocab_size)
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
-        """Feed each level's accepted / judged counts (nodes whose parent was accepted) to the EMA."""
-        if not len(tree) or tree.levels is None:
-            return
+        """Feed each level's accepted / judged counts (nodes whose parent was accepted) to the EMA;
+        levels with nothing judged this step age their estimate toward the prior."""
         on_path = set(accepted)
         judged: dict[str, list[int]] = {}
-        for node, (parent, level) in enumerate(zip(tree.parents, tree.levels)):
+        for node, (parent, level) in enumerate(zip(tree.parents, tree.levels or [self.name] * len(tree))):
             if parent < 0 or parent in on_path:
                 counts = judged.setdefault(level, [0, 0])
                 counts[0] += node in on_path
                 counts[1] += 1
-        for level, (accepted_count, judged_count) in judged.items():
-            self.ema.observe(level, accepted_count, judged_count)
+        for level in self.levels:
+            if level in judged:
+                self.ema.observe(level, *judged[level])
+            else:
+                self.ema.idle(level)
 
     # ---- choosing --------------------------------------------------------------------------
 
@@ -204,8 +208,8 @@ class DyTCDrafter:
         Everything is priced at the step's context length (a few tokens more change little)."""
         feed = step.feed.get(level)
         if feed is None:
-            counts = np.arange(0, max(self.settings.max_depth, self.settings.k_max) + 2)
-            feed = step.feed[level] = np.asarray(self.latency.models[level].predict(counts, step.context_length))
+            feed = step.feed[level] = self._cost_table(level, step.context_length,
+                                                       max(self.settings.max_depth, self.settings.k_max) + 2)
         if _one_call(self.levels[level]):
             return float(feed[k])
         return float(feed[depth + 1] + (k - 1) * feed[1])
@@ -251,6 +255,19 @@ class DyTCDrafter:
             (name, k, dytc_score(self._accept(name), k, self._draft_seconds(name, depth, k, step), bottom_accept,
                                  bottom_cost))
             for name in names for k in range(1, self._k_max(name, room) + 1))
+
+    def _cost_table(self, level: str, context_length: int, size: int) -> np.ndarray:
+        """Predicted seconds of a forward of 0 .. size - 1 tokens by `level` (the target included),
+        at the start of the context-length bucket: costs move little within a bucket, and the
+        cache saves a latency-model evaluation per level and step."""
+        bucket = context_length // COST_BUCKET
+        key = (level, bucket, size)
+        table = self._cost_tables.get(key)
+        if table is None:
+            counts = np.arange(0, size)
+            table = np.asarray(self.latency.models[level].predict(counts, max(bucket * COST_BUCKET, 1)), dtype=np.float64)
+            self._cost_tables[key] = table
+        return table
 
     @staticmethod
     def _verify_seconds(nodes: int, step: _Step) -> float:

@@ -87,6 +87,18 @@ def test_acceptance_ema_window_prior_and_reset():
     assert ema.estimate("self0") == 0.8
 
 
+def test_idle_steps_age_an_estimate_back_to_its_prior():
+    ema = AcceptanceEMA(ema_lambda=0.5, window=20, priors={"ngram": 0.6}, prior_weight=2.0)
+    ema.idle("ngram")  # nothing observed yet: nothing to age
+    for _ in range(3):
+        ema.observe("ngram", 0, 4)
+    low = ema.estimate("ngram")
+    assert low == pytest.approx(1.2 / (4 * (1 + 0.5 + 0.25) + 2))
+    for _ in range(12):
+        ema.idle("ngram")
+    assert low < ema.estimate("ngram") < 0.6 and ema.estimate("ngram") == pytest.approx(0.6, abs=0.01)
+
+
 def test_acceptance_ema_tracks_a_known_rate():
     rng = np.random.default_rng(1)
     ema = AcceptanceEMA(ema_lambda=0.95, window=200)
