@@ -4,9 +4,12 @@ Each step starts from the root (the last committed token) and repeats:
 
 1. take the tree node with the highest cumulative acceptance probability that has not been
    expanded yet (the root first);
-2. for it, pick the level S and draft length k maximizing T(S, k) (`scores.dytc_score`), with
-   a_S the level's online acceptance estimate and the cost of drafting k tokens from that node
-   predicted by the latency profile (feeding the path to the node, then k - 1 single steps);
+2. for it, pick the level S and draft length k whose expansion most raises the step's expected
+   committed tokens per second (`scores.rate_after`; `choice="cas-spec"` uses CAS-Spec's T(S, k),
+   `scores.dytc_score`, instead), with a_S the level's online acceptance estimate and the cost
+   of drafting k tokens from that node predicted by the latency profile
+   (`scores.draft_seconds`: feeding the path to the node, then k - 1 single steps) plus the
+   larger verify forward;
 3. stop if the expected gain of that expansion per second (its expected accepted tokens over
    its drafting cost plus the larger verify forward) is below the rate the step already has
    (expected committed tokens per second, the bonus token included), or the tree is at its
@@ -39,7 +42,13 @@ from drafttrain.calibration.traces import mode_name
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
 from drafttrain.errors import DrafttrainError
-from drafttrain.scheduling.scores import best_scored, dytc_score, expected_accepted, verify_budget
+from drafttrain.scheduling.scores import (
+    best_choice,
+    best_scored,
+    draft_seconds,
+    expected_accepted,
+    verify_budget,
+)
 from drafttrain.scheduling.tree import TreeBuilder
 
 MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
@@ -210,9 +219,7 @@ class DyTCDrafter:
         if feed is None:
             feed = step.feed[level] = self._cost_table(level, step.context_length,
                                                        max(self.settings.max_depth, self.settings.k_max) + 2)
-        if _one_call(self.levels[level]):
-            return float(feed[k])
-        return float(feed[depth + 1] + (k - 1) * feed[1])
+        return float(draft_seconds(feed, depth, k, _one_call(self.levels[level])))
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
         depth = step.builder.depth(node)
@@ -240,7 +247,7 @@ class DyTCDrafter:
         gains = cumulative * accept * (1.0 - accept ** ks) / (1.0 - accept)
         self._draft_seconds(level, depth, 1, step)  # fills the level's feed table
         feed = step.feed[level]
-        drafting = feed[ks] if _one_call(self.levels[level]) else feed[depth + 1] + (ks - 1) * feed[1]
+        drafting = draft_seconds(feed, depth, ks, _one_call(self.levels[level]))
         nodes = len(step.builder)
         verify = step.verify[np.minimum(nodes + ks, len(step.verify) - 1)]
         rates = (1.0 + step.gain + gains) / (step.draft_seconds + drafting + verify)
@@ -251,10 +258,9 @@ class DyTCDrafter:
         bottom = self.settings.bottom if self.settings.bottom in self.levels else None
         bottom_accept = self._accept(bottom) if bottom else 0.0
         bottom_cost = self._draft_seconds(bottom, 0, 1, step) if bottom else 0.0
-        return best_scored(
-            (name, k, dytc_score(self._accept(name), k, self._draft_seconds(name, depth, k, step), bottom_accept,
-                                 bottom_cost))
-            for name in names for k in range(1, self._k_max(name, room) + 1))
+        per_level = (best_choice([(name, self._accept(name), lambda k, name=name: self._draft_seconds(
+            name, depth, k, step))], self._k_max(name, room), bottom_accept, bottom_cost) for name in names)
+        return best_scored((choice.level, choice.k, choice.score) for choice in per_level)
 
     def _cost_table(self, level: str, context_length: int, size: int) -> np.ndarray:
         """Predicted seconds of a forward of 0 .. size - 1 tokens by `level` (the target included),

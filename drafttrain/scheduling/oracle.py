@@ -32,6 +32,7 @@ from drafttrain.drafters.base import TreeShape
 from drafttrain.drafters.ngram import NgramDrafter
 from drafttrain.runtime.model import Transformer
 from drafttrain.runtime.views import SelfDraftView
+from drafttrain.scheduling.scores import draft_seconds
 
 
 def correct_runs(matches: np.ndarray) -> np.ndarray:
@@ -76,10 +77,7 @@ class StepCosts:
     one_call: frozenset[str] = frozenset({"ngram"})
 
     def draft_seconds(self, level: str, depth: int, k: int) -> float:
-        feed = self.feed[level]
-        if level in self.one_call:
-            return float(feed[k])
-        return float(feed[depth + 1] + (k - 1) * feed[1])
+        return float(draft_seconds(self.feed[level], depth, k, level in self.one_call))
 
 
 @dataclass

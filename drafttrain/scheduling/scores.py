@@ -51,6 +51,13 @@ class Choice:
     score: float
 
 
+def draft_seconds(feed, depth: int, k, one_call: bool):
+    """Seconds to draft k tokens below a node at `depth`, from `feed[n]` (a forward over n tokens):
+    a model level feeds the root and the path (depth + 1 tokens), then takes k - 1 one-token
+    steps; a one-call level (the n-gram drafter) answers k tokens in one call. `k` may be an array."""
+    return feed[k] if one_call else feed[depth + 1] + (k - 1) * feed[1]
+
+
 def rate_after(gain: float, seconds: float, add_gain: float, add_seconds: float) -> float:
     """Expected committed tokens per second of a step (the bonus token included) after adding an
     expansion of expected `add_gain` tokens costing `add_seconds` (drafting and larger verify)."""
