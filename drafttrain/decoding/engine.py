@@ -101,8 +101,10 @@ class SpeculativeDecoder:
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,
                  config: GenerationConfig = GenerationConfig(),
-                 trace: Callable[[VerifiedStep], None] | None = None) -> GenerationResult:
-        """Decode `prompt_ids`; `trace`, if given, sees every verify step that had a draft."""
+                 trace: Callable[[VerifiedStep], None] | None = None,
+                 on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        """Decode `prompt_ids`; `trace`, if given, sees every verify step that had a draft, and
+        `on_tokens` the new tokens each step commits (for streaming)."""
         device = self.target.device
         prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
         self.check_length(len(prompt), config.max_new_tokens, drafter)
@@ -139,12 +141,15 @@ class SpeculativeDecoder:
                 drafter.observe(tree, path)
             if trace is not None and len(tree):
                 trace(VerifiedStep(drafter.name, tree, depths, logits, path, length))
-            stats.record_step(drafter.name if shape else None, depths, path, tree.levels)
+            stats.record_step(drafter.name if shape else None, depths, path, tree.levels, tree.parents)
+            committed = len(stop.tokens)
             for token in tree.tokens[path].tolist() + [next_token]:
                 ids[length] = token
                 length += 1
                 if stop.feed(token):
                     break
+            if on_tokens is not None:
+                on_tokens(stop.tokens[committed:])
         stats.total_seconds = time.perf_counter() - started
         stats.new_tokens = len(stop.tokens)
         return GenerationResult(stop.tokens, stats)

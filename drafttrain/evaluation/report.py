@@ -6,6 +6,10 @@ decoding: a mismatch is a bug, never a result, except for the lossy runs of spec
 (speccascade-*@alpha with alpha > 0), whose `lossless` is null. Every method also reports its
 quality against the target (`drafttrain.evaluation.quality`): `exact_match_rate`,
 `matching_prefix` and `target_loglik`; lossy runs name their `deferral` rule and alpha.
+`per_prompt` lists each prompt's new tokens and seconds (with the prompt's id when known), and an
+engine method's `stats` carry its drafted/accepted/reached counts per draft level and depth
+(`drafttrain.decoding.stats`). report.md holds the methods table and links the plots
+(`drafttrain.evaluation.plots`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from drafttrain.decoding.stats import RunStats
 from drafttrain.evaluation.harness import MethodRuns
+from drafttrain.evaluation.plots import plot_files
 from drafttrain.io import write_atomically
 
 BOOTSTRAP_SAMPLES = 2000
@@ -54,7 +59,17 @@ def _lossless(runs: MethodRuns, reference: MethodRuns | None, greedy: bool) -> b
     return all(o.tokens == r.tokens for o, r in zip(runs.outputs, reference.outputs))
 
 
-def method_entry(runs: MethodRuns, all_runs: dict[str, MethodRuns], greedy: bool) -> dict:
+def per_prompt(runs: MethodRuns, prompt_ids: list[str] | None = None) -> list[dict]:
+    """Each prompt's new tokens and seconds, in prompt order; `id` is None when ids are not known."""
+    if prompt_ids is not None and len(prompt_ids) != len(runs.outputs):
+        raise ValueError(f"{len(prompt_ids)} prompt ids for {len(runs.outputs)} runs")
+    ids = prompt_ids or [None] * len(runs.outputs)
+    return [{"id": prompt_id, "tokens": len(o.tokens), "seconds": float(o.seconds)}
+            for prompt_id, o in zip(ids, runs.outputs)]
+
+
+def method_entry(runs: MethodRuns, all_runs: dict[str, MethodRuns], greedy: bool,
+                 prompt_ids: list[str] | None = None) -> dict:
     ar, hf = all_runs.get("ar"), all_runs.get("hf")
     speed = tokens_per_s(runs)
     stats = RunStats()
@@ -83,10 +98,13 @@ def method_entry(runs: MethodRuns, all_runs: dict[str, MethodRuns], greedy: bool
         "matching_prefix": quality.matching_prefix if quality else None,
         "target_loglik": quality.target_loglik if quality else None,
         "deferral": {"rule": deferral.name, "alpha": deferral.alpha} if deferral else None,
+        "per_prompt": per_prompt(runs, prompt_ids),
     }
 
 
-def build_report(config, device_name: str, num_prompts: int, runs: dict[str, MethodRuns], command: str) -> dict:
+def build_report(config, device_name: str, num_prompts: int, runs: dict[str, MethodRuns], command: str,
+                 prompt_ids: list[str] | None = None) -> dict:
+    """The report of every method's runs; `prompt_ids` (in prompt order) name the per-prompt rows."""
     greedy = config.temperature == 0.0
     return {
         "device": device_name,
@@ -94,7 +112,7 @@ def build_report(config, device_name: str, num_prompts: int, runs: dict[str, Met
         "prompts": num_prompts,
         "max_new_tokens": config.max_new_tokens,
         "temperature": config.temperature,
-        "methods": {name: method_entry(method_runs, runs, greedy) for name, method_runs in runs.items()},
+        "methods": {name: method_entry(method_runs, runs, greedy, prompt_ids) for name, method_runs in runs.items()},
         "command": command,
     }
 
@@ -125,6 +143,13 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(entry['target_forwards'], 'd')} | {_lossless_cell(entry)} | "
             f"{_fmt(entry.get('exact_match_rate'), '.0%')} | {_fmt(entry.get('matching_prefix'), '.0%')} | "
             f"{_fmt(entry.get('target_loglik'), '.3f')} |")
+    plots = plot_files(report)
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, caption in plots:
+            lines += [f"- [{name}]({name}): {caption}"]
+        for name, _ in plots:
+            lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"
 
 

@@ -51,6 +51,16 @@ def test_greedy_eval_writes_the_report_shape(tmp_path, tiny_target, tiny_draft, 
     assert report["methods"]["sd-self"]["target_forwards"] < report["methods"]["ar"]["target_forwards"]
     assert (tmp_path / "out" / "speedup.png").stat().st_size > 1000
     assert "| sd-self |" in (tmp_path / "out" / "report.md").read_text()
+    for name, entry in report["methods"].items():  # per prompt, in prompt order (ids once the CLI passes them)
+        rows = entry["per_prompt"]
+        assert [row["id"] in (None, f"p{i}") for i, row in enumerate(rows)] == [True] * 3, name
+        assert sum(row["tokens"] for row in rows) == entry["new_tokens"]
+        assert sum(row["seconds"] for row in rows) == pytest.approx(entry["seconds"])
+    levels = report["methods"]["sd-self"]["stats"]["accepted_by_level_depth"]
+    assert sum(sum(row) for row in levels.values()) == sum(report["methods"]["sd-self"]["stats"]["accepted"].values())
+    for plot in ("acceptance-by-depth.png", "tokens-per-prompt.png"):
+        assert (tmp_path / "out" / plot).stat().st_size > 1000
+        assert f"[{plot}]({plot})" in (tmp_path / "out" / "report.md").read_text()
     assert report["command"].startswith("drafttrain eval --config ") and "--tree 2,1" in report["command"]
 
 

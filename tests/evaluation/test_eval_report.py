@@ -6,7 +6,12 @@ import pytest
 
 from drafttrain.evaluation.harness import MethodRuns
 from drafttrain.evaluation.methods import MethodOutput
-from drafttrain.evaluation.report import method_entry, report_markdown, speedup_interval, tokens_per_s
+from drafttrain.evaluation.report import (
+    method_entry,
+    report_markdown,
+    speedup_interval,
+    tokens_per_s,
+)
 
 
 def _runs(seconds: list[float], tokens: list[list[int]] | None = None) -> MethodRuns:
