@@ -12,6 +12,9 @@
 3. Times every level's forward and the target's verify forward over token counts and context
    lengths, fits latency predictors and scores them on held-out grid points (MAPE).
 4. Writes predictors.json, latency.json, traces.csv, report.json, report.md and the plots to `out`.
+5. Logs the config, the scores (summary), report.md + plots (files) and predictors.json +
+   latency.json + report.md (an artifact of type "predictors") to wandb, offline in out/wandb
+   unless `wandb=online` (see drafttrain.tracking).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from drafttrain.io import write_atomically
 from drafttrain.runtime import load_model, load_tokenizer
 from drafttrain.runtime.loader import eos_token_ids
 from drafttrain.runtime.views import parse_self_spec
+from drafttrain.tracking import tracked_run
 
 CONFIG = CalibrateConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -145,8 +149,28 @@ def _per_level(timings) -> dict[str, int]:
     return counts
 
 
+def wandb_summary(report: dict) -> dict:
+    """The report's headline numbers: out-of-fold scores per mode and level, latency MAPE per level."""
+    acceptance = {mode: {name: {kind: scores[kind] for kind in ("raw", "isotonic", "logistic")}
+                         for name, scores in levels.items()}
+                  for mode, levels in report["acceptance"].items()}
+    return {"acceptance": acceptance, "latency_mape": (report["latency"] or {}).get("mape"),
+            "trace_rows": report["trace_rows"], "seconds": report["seconds"]}
+
+
 def main(config: CalibrateConfig) -> None:
     config.require_inputs()
+    out = Path(config.out)
+    with tracked_run("calibrate", config, out, mode=getattr(config, "wandb", "offline")) as run:
+        report = calibrate(config)
+        run.log_summary(wandb_summary(report))
+        run.log_files([out / "report.md", *report["plots"]])
+        outputs = [out / "predictors.json", out / "report.md"] + ([out / "latency.json"] if config.latency else [])
+        run.log_artifact(outputs, f"predictors-{Path(config.target).name}", "predictors")
+
+
+def calibrate(config: CalibrateConfig) -> dict:
+    """Steps 1-4: traces, acceptance and latency predictors, the report (returned)."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -224,6 +248,7 @@ def main(config: CalibrateConfig) -> None:
     print(report_markdown(report))
     print(f"predictors written to {out / 'predictors.json'}" + (f", latency to {out / 'latency.json'}"
                                                                   if config.latency else ""))
+    return report
 
 
 if __name__ == "__main__":

@@ -108,6 +108,14 @@ def runtime_model(seed: int, vocab: int = 16, layers: int = 2, max_pos: int = 64
     return model.eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_wandb():
+    """Recipes log to wandb (offline) by default; the suite turns that off."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory) -> Path:
     """A tiny random Llama target with its tokenizer."""

@@ -55,6 +55,9 @@ class CalibrateConfig:
     seed: int = _help("seed of the prompt split and of sampling", default=0)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
     device: str = _help("torch device: cpu, cuda, cuda:1, ...", default="cpu")
+    wandb: Literal["offline", "online", "disabled"] = _help(
+        "experiment tracking: offline keeps the wandb run in <out>/wandb (upload later with `wandb sync`), "
+        "online uploads as it runs, disabled logs nothing", default="offline")
     threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
 
     def __post_init__(self) -> None:

@@ -56,6 +56,9 @@ class SearchConfig:
                                    "(0: off)", default=30)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
     device: str = _help("torch device: cpu, cuda, cuda:1, ...", default="cpu")
+    wandb: Literal["offline", "online", "disabled"] = _help(
+        "experiment tracking: offline keeps the wandb run in <out>/wandb (upload later with `wandb sync`), "
+        "online uploads as it runs, disabled logs nothing", default="offline")
     threads: int = _help("CPU threads for torch per worker (0: torch's default, divided among workers)",
                          default=0)
 
