@@ -35,6 +35,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", type=Path, help="YAML config file (flags and key=value override it)")
     for spec in dataclasses.fields(cls):
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        if dataclasses.is_dataclass(default) or isinstance(default, dict):
+            continue  # nested settings: set them as dotted key=value overrides
         if isinstance(default, list):
             default = ",".join(map(str, default)) or "none"
         parser.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, default=argparse.SUPPRESS,
@@ -46,7 +48,7 @@ def flags_to_overrides(args: argparse.Namespace, cls: type) -> list[str]:
     """The given --flags as key=value overrides typed by their field; lists are comma-separated."""
     overrides = []
     for spec in dataclasses.fields(cls):
-        if spec.name not in vars(args):
+        if spec.name not in vars(args) or spec.name == "overrides":
             continue
         value, kind = getattr(args, spec.name), _field_type(cls, spec.name)
         if value.lower() in ("none", "null"):
@@ -79,17 +81,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name:14s} {spec.about}")
         return 0
     config = load_config(EvalConfig, args.config, flags_to_overrides(args, EvalConfig))
-    from drafttrain.evaluation.harness import run_methods
-    from drafttrain.evaluation.plots import write_plots
-    from drafttrain.evaluation.report import build_report, report_markdown, write_report
+    from recipes.eval import main as evaluate
 
-    context, prompts, runs = run_methods(config, progress=sys.stderr.isatty())
-    command = "drafttrain " + shlex.join(args.argv)
-    report = build_report(config, device_name(config.device, config.threads), len(prompts), runs, command)
-    write_report(report, config.out)
-    write_plots(report, config.out)
-    print(report_markdown(report))
-    print(f"report written to {config.out}/report.json, report.md and speedup.png")
+    report = evaluate(config, "drafttrain " + shlex.join(args.argv))
     broken = [name for name, entry in report["methods"].items() if entry["lossless"] is False]
     if broken:
         print(f"error: not lossless (output differs from ar under greedy decoding): {broken}", file=sys.stderr)
@@ -97,10 +91,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-RECIPES = {"pretrain": "pretrain a small Llama target from scratch on a corpus",
+def cmd_export(args: argparse.Namespace) -> int:
+    from drafttrain.bundle.config import ExportConfig
+    from recipes.export import main as export
+
+    export(load_config(ExportConfig, args.config, flags_to_overrides(args, ExportConfig)))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from drafttrain.bundle.config import GenerateConfig
+    from drafttrain.bundle.generate import generate
+
+    generate(load_config(GenerateConfig, args.config, flags_to_overrides(args, GenerateConfig)))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from drafttrain.pipeline.config import PipelineConfig
+    from recipes.pipeline import QUICKSTART
+    from recipes.pipeline import main as pipeline
+
+    overrides = [f"out={json.dumps(str(args.out))}"]
+    if args.target is not None:
+        overrides.append(f"target={json.dumps(str(args.target))}")
+    if args.threads:
+        overrides.append(f"threads={args.threads}")
+    return pipeline(load_config(PipelineConfig, QUICKSTART, overrides + list(args.overrides)))
+
+
+RECIPES = {"pipeline": "the whole pipeline as cached stages: pretrain (without a target), distill, search, "
+                       "calibrate, export, eval",
+           "pretrain": "pretrain a small Llama target from scratch on a corpus",
            "distill": "distill a draft model from a target (KD losses, on-policy data, LoRA)",
            "search": "search self-draft levels of a target with Optuna (same as `drafttrain search`)",
-           "calibrate": "fit acceptance and latency predictors of a cascade's levels on calibration prompts"}
+           "calibrate": "fit acceptance and latency predictors of a cascade's levels on calibration prompts",
+           "export": "write a verified cascade bundle (same as `drafttrain export`)",
+           "eval": "compare decoding methods (same as `drafttrain eval`)"}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,8 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from drafttrain.config import config_class_for
 
     config = load_config(config_class_for(args.recipe), args.config, args.overrides)
-    importlib.import_module(f"recipes.{args.recipe}").main(config)
-    return 0
+    result = importlib.import_module(f"recipes.{args.recipe}").main(config)
+    return result if isinstance(result, int) else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -128,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     evaluate = verbs.add_parser("eval", help="compare decoding methods side by side (speed, losslessness)",
                                 description="Run decoding methods on a prompt set, interleaved per prompt, "
-                                "and write report.json, report.md and speedup.png.")
+                                "and write report.json, report.md and the plots (speedup, acceptance by depth, tokens/s per prompt).")
     evaluate.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     add_config_flags(evaluate, EvalConfig)
     evaluate.set_defaults(run=cmd_eval)
@@ -139,6 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
                               "of the target and write levels.json and plots to --out.")
     add_config_flags(search, SearchConfig)
     search.set_defaults(run=cmd_search)
+    from drafttrain.bundle.config import ExportConfig, GenerateConfig
+
+    export = verbs.add_parser("export", help="write a verified cascade bundle (drafts, levels, predictors, "
+                              "latency, scheduler)", description="Check the parts against each other, write the "
+                              "bundle atomically with a manifest of sha256s and the target's identity, and verify it "
+                              "by loading it back. Scheduler settings: scheduler.name=dytc|sd-<level>, "
+                              "scheduler.k.<level>=N, scheduler.dytc.<setting>=VALUE.")
+    add_config_flags(export, ExportConfig)
+    export.set_defaults(run=cmd_export)
+    generate = verbs.add_parser("generate", help="stream text through a bundle's scheduler",
+                                description="Verify the bundle against --target, then generate for --prompt or "
+                                "every prompt of --prompts, streaming the text to stdout (stats to stderr).")
+    add_config_flags(generate, GenerateConfig)
+    generate.set_defaults(run=cmd_generate)
+    quick = verbs.add_parser("quickstart", help="the whole pipeline on the embedded default (about 10 minutes "
+                             "on 2 CPU cores)", description="Pretrain a small target on this Python's standard "
+                             "library (or use --target DIR), distill a draft, search self-draft levels, calibrate, "
+                             "export a bundle and evaluate it. Stages are cached: a second run reuses them.")
+    quick.add_argument("--target", type=Path, help="your target checkpoint directory (default: pretrain one)")
+    quick.add_argument("--out", type=Path, default=Path("outputs/quickstart"), help="output directory "
+                       "(default: outputs/quickstart)")
+    quick.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's)")
+    quick.add_argument("overrides", nargs="*", metavar="key=value", help="override any pipeline key, e.g. "
+                       "pretrain.set={trainer.max_steps: 100}")
+    quick.set_defaults(run=cmd_quickstart)
     run = verbs.add_parser("run", help="run a training recipe: " + ", ".join(RECIPES),
                            description="Run a recipe from recipes/ with its YAML config and key=value overrides "
                            "(e.g. trainer.max_steps=100). An interrupted run resumes from its last checkpoint.")

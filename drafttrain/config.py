@@ -35,6 +35,8 @@ CONFIG_CLASSES: dict[str, str] = {
     "distill": "drafttrain.training.config:DistillConfig",
     "search": "drafttrain.search.config:SearchConfig",
     "calibrate": "drafttrain.calibration.config:CalibrateConfig",
+    "export": "drafttrain.bundle.config:ExportConfig",
+    "pipeline": "drafttrain.pipeline.config:PipelineConfig",
 }
 
 
@@ -73,6 +75,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         _set_dotted(data, key, value, ctx)
         ctx.overrides[key] = item
     return _build_dataclass(cls, data, "", ctx)
+
+
+def config_from_dict(cls: type[T], data: Any, source: str) -> T:
+    """Build ``cls`` from already-parsed data (e.g. a JSON document), errors naming ``source``."""
+    return _build_dataclass(cls, data, "", _Context(source))
 
 
 def _read_yaml(path: Path) -> dict:

@@ -10,6 +10,9 @@ from drafttrain.config import documented as _help
 from drafttrain.errors import DrafttrainError
 
 
+BUNDLED = ("draft", "levels", "predictors", "latency", "ngram_table", "scheduler")  # what --bundle supplies
+
+
 @dataclass
 class EvalConfig:
     target: Path | None = _help("target model: a Hugging Face checkpoint directory", default=None)
@@ -35,6 +38,11 @@ class EvalConfig:
                                 default=None)
     predictors: Path | None = _help("predictors.json of `drafttrain run calibrate` (dytc)", default=None)
     latency: Path | None = _help("latency.json of `drafttrain run calibrate` (dytc)", default=None)
+    scheduler: Path | None = _help("scheduler.json of `drafttrain export` (dytc's settings, each level's k for "
+                                   "`levels`)", default=None)
+    bundle: Path | None = _help("a cascade bundle (directory or .tar.gz of `drafttrain export`): supplies the "
+                                "draft, levels, predictors, latency, n-gram table and scheduler, verified "
+                                "against --target", default=None)
     k_heuristic: int = _help("first draft length of hf-heuristic", default=5)
     k_vc: list[int] = _help("vc: [draft-model tokens per step, n-gram tokens the draft model reviews per "
                             "forward]", default_factory=lambda: [4, 4])
@@ -56,6 +64,7 @@ class EvalConfig:
     device: str = _help("torch device: cpu, cuda, cuda:1, ...", default="cpu")
     threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
     warmup: bool = _help("run every method once on the first prompt before measuring", default=True)
+    wandb: Literal["offline", "online", "disabled"] = _help("wandb logging of the report", default="offline")
 
     def __post_init__(self) -> None:
         from drafttrain.evaluation.methods import METHODS
@@ -67,7 +76,7 @@ class EvalConfig:
             raise DrafttrainError("methods: give at least one method, e.g. methods=[ar,sd-ngram]")
         for name in self.methods:
             for needed in METHODS[name].needs:
-                if getattr(self, needed) is None:
+                if getattr(self, needed) is None and not (self.bundle is not None and needed in BUNDLED):
                     raise DrafttrainError(f"method {name} needs `{needed}`; set --{needed.replace('_', '-')}")
         for name, size in (("k_vc", 2), ("k_hc", 2), ("k_csd", 3)):
             values = getattr(self, name)

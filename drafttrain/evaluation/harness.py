@@ -7,6 +7,7 @@ method. After timing, every run's outputs are scored against the target (`qualit
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -14,6 +15,7 @@ import torch
 from rich.progress import Progress
 
 from drafttrain.decoding.deferral import DeferralRule
+from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.config import EvalConfig
 from drafttrain.evaluation.methods import METHODS, EvalContext, Method, MethodOutput
 from drafttrain.evaluation.prompts import Prompt, load_prompts
@@ -41,18 +43,39 @@ def expand_method(name: str, built: Method | MethodFamily) -> dict[str, Method]:
     return built.variants() if isinstance(built, MethodFamily) else {name: built}
 
 
+def open_bundle(config: EvalConfig):
+    """(the verified bundle of --bundle, the config with the bundle's parts filled in); (None, config)
+    without one. Its latency warning is printed where the latency profile is used."""
+    if config.bundle is None:
+        return None, config
+    from drafttrain.bundle import load_bundle
+    from drafttrain.bundle import manifest as layout
+    from drafttrain.evaluation.methods import DTYPES
+
+    bundle = load_bundle(config.bundle, config.target, config.device, DTYPES[config.dtype], warn=False)
+    parts = {"draft": bundle.drafts[0] if bundle.drafts else None, "levels": bundle.path(layout.LEVELS),
+             "predictors": bundle.path(layout.PREDICTORS), "latency": bundle.path(layout.LATENCY),
+             "ngram_table": bundle.ngram_table, "scheduler": bundle.path(layout.SCHEDULER)}
+    return bundle, dataclasses.replace(config, **parts)
+
+
 def run_methods(config: EvalConfig, progress: bool = True) -> tuple[EvalContext, list[Prompt], dict[str, MethodRuns]]:
     config.require_inputs()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    context = EvalContext(config)
+    bundle, config = open_bundle(config)
+    context = EvalContext(config, bundle)
     prompts = load_prompts(config.prompts, config.num_prompts)
     prompt_ids = [context.tokenizer(p.text).input_ids for p in prompts]
     for ids in prompt_ids:
         context.decoder.check_length(len(ids), config.max_new_tokens)
     methods: dict[str, Method] = {}
     for name in config.methods:
-        methods.update(expand_method(name, METHODS[name].build(context)))
+        for run_name, runner in expand_method(name, METHODS[name].build(context)).items():
+            if run_name in methods:
+                raise DrafttrainError(f"method run {run_name} is asked for twice (method {name} also runs it): "
+                                      "drop one of them from methods")
+            methods[run_name] = runner
     if config.warmup:
         for name, runner in methods.items():
             runner.run(prompt_ids[0], config.seed)

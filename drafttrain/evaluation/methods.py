@@ -57,10 +57,12 @@ def method(name: str, about: str, needs: tuple[str, ...] = (), engine: bool = Tr
 
 
 class EvalContext:
-    """What the methods share: the config, the target (ours and transformers'), the tokenizer."""
+    """What the methods share: the config, the target (ours and transformers'), the tokenizer, and
+    the verified bundle when the run evaluates one (`--bundle`)."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, bundle=None) -> None:
         self.config = config
+        self.bundle = bundle
         self.dtype = DTYPES[config.dtype]
         self.device = torch.device(config.device)
         self.tokenizer = load_tokenizer(config.target)
@@ -138,14 +140,25 @@ def _hf_heuristic(context: EvalContext) -> Method:
 
 
 def cascade_drafters(context: EvalContext) -> dict[str, Drafter]:
-    """The levels of the configured cascade by name: --draft, the views of --levels, the n-gram drafter."""
+    """The levels of the cascade by name: the bundle's, or --draft, the views of --levels and the
+    n-gram drafter."""
     from drafttrain.drafters.cascade import CascadeSpec, build_drafters
     from drafttrain.search.study import read_levels
 
     config = context.config
-    views = [level.spec for level in read_levels(config.levels)] if config.levels else []
-    spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
+    if context.bundle is not None:
+        spec = context.bundle.cascade_spec()
+    else:
+        views = [level.spec for level in read_levels(config.levels)] if config.levels else []
+        spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
     return build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
+
+
+def scheduler_spec(context: EvalContext):
+    """The scheduler settings of --scheduler (the bundle's scheduler.json), else the defaults."""
+    from drafttrain.bundle.scheduler import SchedulerSpec
+
+    return SchedulerSpec.load(context.config.scheduler) if context.config.scheduler else SchedulerSpec()
 
 
 def load_latency(context: EvalContext):
@@ -165,15 +178,31 @@ def load_latency(context: EvalContext):
         "(--levels) and the n-gram drafter, from calibrated predictors (--predictors, --latency)",
         needs=("predictors", "latency"))
 def _dytc(context: EvalContext) -> Method:
-    from drafttrain.calibration import AcceptanceEMA, AcceptancePredictors
-    from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
+    from drafttrain.bundle.scheduler import build_scheduler
 
-    predictors = AcceptancePredictors.load(context.config.predictors)
-    settings = DyTCSettings()
-    dytc = DyTCDrafter(cascade_drafters(context), predictors.modes, load_latency(context),
-                       context.target.args.vocab_size, AcceptanceEMA(predictors.ema_lambda, predictors.ema_window),
-                       settings)
-    return EngineMethod(context, dytc, capacity_shape(64, settings.max_depth))
+    spec = dataclasses.replace(scheduler_spec(context), name="dytc")
+    scheduler = build_scheduler(spec, cascade_drafters(context), context.config.predictors, load_latency(context),
+                                context.target.args.vocab_size)
+    return EngineMethod(context, scheduler.drafter, scheduler.shape)
+
+
+class LevelMethods:
+    """Every level of the cascade on its own, drafting chains of the scheduler's k for it: runs
+    named sd-<level> (sd-draft0, sd-self0, ..., sd-ngram)."""
+
+    def __init__(self, context: EvalContext) -> None:
+        self.context, self.spec = context, scheduler_spec(context)
+
+    def variants(self) -> dict[str, Method]:
+        levels = cascade_drafters(self.context)
+        return {f"sd-{name}": EngineMethod(self.context, drafter, TreeShape.chain(self.spec.k_for(name)))
+                for name, drafter in levels.items()}
+
+
+@method("levels", "our engine with each level of the cascade (--bundle, or --draft, --levels and the n-gram "
+        "drafter) on its own, as runs sd-<level>, with the draft length of --scheduler's k (or a default)")
+def _levels(context: EvalContext):
+    return LevelMethods(context)
 
 
 class OracleMethod:

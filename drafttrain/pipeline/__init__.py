@@ -1,0 +1,1 @@
+"""The whole pipeline as cached stages: pretrain, prompts, distill, search, calibrate, export, eval."""

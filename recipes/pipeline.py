@@ -1,0 +1,166 @@
+"""The whole pipeline: a target (pretrained if none is given), prompts, a distilled draft, self-draft
+levels, calibrated predictors, a verified bundle, and the evaluation report.
+
+    drafttrain run pipeline --config configs/pycode/pipeline.yaml [key=value ...]
+    drafttrain quickstart [--target DIR]        (this recipe on the embedded default, quickstart.yaml)
+
+Every stage runs a recipe in a directory named by a hash of its config and inputs
+(`drafttrain.pipeline.cache`): a repeated run reuses finished stages, and after a change only the
+changed stage and the ones downstream run again. An interrupted stage resumes from its recipe's
+own checkpoints. Ends with the speedup table and the bundle's path (also linked as <out>/bundle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import drafttrain.pipeline
+from drafttrain.bundle.identity import combined_sha256, target_identity
+from drafttrain.calibration.latency import hardware_fingerprint
+from drafttrain.io import write_atomically
+from drafttrain.pipeline.cache import StageRecord, file_key, run_cached, stage_key
+from drafttrain.pipeline.config import PipelineConfig
+
+CONFIG = PipelineConfig
+QUICKSTART = Path(drafttrain.pipeline.__file__).parent / "quickstart.yaml"
+
+
+def stage(config: PipelineConfig, name: str, wiring: dict, inputs: dict, records: list[StageRecord]) -> Path:
+    """Run (or reuse) stage `name` with the pipeline's `wiring`; returns its directory."""
+    import importlib
+
+    settings = getattr(config, name).build(name, wiring)
+    key = stage_key(name, settings, inputs)
+    recipe = importlib.import_module(f"recipes.{name}")
+
+    def run(directory: Path) -> None:
+        print(f"\n== stage {name} -> {directory}", flush=True)
+        recipe.main(getattr(config, name).build(name, {**wiring, "out": _out_for(name, directory)}))
+
+    record = run_cached(config.out, name, key, run, inputs)
+    if record.cached:
+        print(f"== stage {name}: reused {record.dir} (finished earlier in {record.seconds:.0f} s)", flush=True)
+    records.append(record)
+    return record.dir
+
+
+def _out_for(name: str, directory: Path) -> Path:
+    return directory / "bundle" if name == "export" else directory
+
+
+def write_prompt_sets(config: PipelineConfig, target: Path, directory: Path) -> None:
+    """calibration.jsonl from the corpus's training text; eval.jsonl given, or from held-out text."""
+    from drafttrain.data import (
+        build_prompt_set,
+        held_out_documents,
+        iter_documents,
+        split_documents,
+        write_prompts,
+    )
+    from drafttrain.runtime import load_tokenizer
+
+    settings, tokenizer = config.prompts, load_tokenizer(target)
+    kind = "text" if settings.corpus.kind == "jsonl" else "code"
+    documents = list(iter_documents(settings.corpus))
+    if settings.corpus.kind == "stdlib" and settings.corpus.exclude_packages:
+        held_out = list(held_out_documents(settings.corpus))
+    else:
+        documents, held_out = split_documents(documents, 0.1, settings.seed)
+    write_prompts(build_prompt_set(documents, tokenizer, kind, settings.calibration, settings.context_tokens,
+                                   settings.seed), directory / "calibration.jsonl")
+    if config.eval_prompts is not None:
+        shutil.copyfile(config.eval_prompts, directory / "eval.jsonl")
+    else:
+        write_prompts(build_prompt_set(held_out, tokenizer, kind, settings.evaluation, settings.context_tokens,
+                                       settings.seed), directory / "eval.jsonl")
+
+
+def link_bundle(out: Path, bundle: Path) -> Path:
+    """<out>/bundle -> the export stage's bundle (a relative symlink, replaced atomically)."""
+    link, tmp = out / "bundle", out / f".bundle.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(bundle, out))
+    os.replace(tmp, link)
+    return link
+
+
+def main(config: PipelineConfig) -> int:
+    started = time.perf_counter()
+    config.out.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    records: list[StageRecord] = []
+    log = {"logging.wandb": config.wandb}
+
+    # 1. the target: the user's, or pretrained here (cached like any stage)
+    if config.target is None:
+        target = stage(config, "pretrain", log, {}, records) / "model"
+        target_key = records[-1].key
+    else:
+        target, target_key = config.target, combined_sha256(_identity_hashes(config.target))
+
+    # 2. calibration prompts (training text) and evaluation prompts (held-out text, or the given file)
+    prompt_inputs = {"target": target_key, "eval_prompts": file_key(config.eval_prompts) if config.eval_prompts
+                     else None}
+    key = stage_key("prompts", config.prompts, prompt_inputs)
+    prompts = run_cached(config.out, "prompts", key, lambda d: write_prompt_sets(config, target, d), prompt_inputs)
+    records.append(prompts)
+    calibration, evaluation = prompts.dir / "calibration.jsonl", prompts.dir / "eval.jsonl"
+    on_target = {"target": str(target)}
+    inputs = {"target": target_key, "prompts": prompts.key}
+
+    # 3. a distilled draft and 4. self-draft levels (each optional)
+    drafts = []
+    if config.distill.enabled:
+        drafts = [stage(config, "distill", {**on_target, **log}, inputs, records) / "draft"]
+    levels = None
+    if config.search.enabled:
+        levels = stage(config, "search", {**on_target, "prompts": str(calibration), "wandb": config.wandb}, inputs,
+                       records) / "levels.json"
+    upstream = {record.stage: record.key for record in records}
+
+    # 5. calibration on this hardware, 6. the bundle, 7. its evaluation beside the peers
+    hardware = hardware_fingerprint("cpu", torch.float32)
+    calibrated = stage(config, "calibrate", {**on_target, "prompts": str(calibration), "eval_prompts": str(evaluation),
+                                             "drafts": [str(path) for path in drafts], "levels": str(levels) if levels
+                                             else None, "wandb": config.wandb},
+                       {**upstream, "hardware": hardware}, records)
+    upstream = {record.stage: record.key for record in records}
+    bundle = stage(config, "export", {**on_target, "drafts": [str(path) for path in drafts],
+                                      "levels": str(levels) if levels else None,
+                                      "predictors": str(calibrated / "predictors.json"),
+                                      "latency": str(calibrated / "latency.json"), "wandb": config.wandb},
+                   upstream, records) / "bundle"
+    upstream = {record.stage: record.key for record in records}
+    evaluated = stage(config, "eval", {**on_target, "bundle": str(bundle), "prompts": str(evaluation),
+                                       "wandb": config.wandb}, {**upstream, "hardware": hardware}, records)
+
+    link = link_bundle(config.out, bundle)
+    summary = {"stages": [{"stage": r.stage, "dir": str(r.dir), "key": r.key, "cached": r.cached,
+                           "seconds": r.seconds} for r in records], "target": str(target), "bundle": str(bundle),
+               "report": str(evaluated / "report.md"), "seconds": time.perf_counter() - started}
+    write_atomically(config.out / "pipeline.json", json.dumps(summary, indent=1) + "\n")
+    print(f"\n{(evaluated / 'report.md').read_text()}")
+    for record in records:
+        print(f"  {record.stage:10s} {'reused' if record.cached else 'ran'} {record.seconds:7.1f} s  {record.dir}")
+    print(f"pipeline finished in {summary['seconds'] / 60:.1f} min. Bundle: {link} -> {bundle}")
+    print(f"try it: drafttrain generate --bundle {link} --target {target} --prompt 'def fibonacci(n):'")
+    return 0
+
+
+def _identity_hashes(target: Path) -> dict[str, str]:
+    identity = target_identity(target)
+    return {key: identity[key] for key in ("config_sha256", "weights_sha256", "tokenizer_sha256")}
+
+
+if __name__ == "__main__":
+    from drafttrain.cli import main as cli
+
+    sys.exit(cli(["run", "pipeline", *sys.argv[1:]]))

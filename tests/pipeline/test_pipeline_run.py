@@ -1,0 +1,92 @@
+"""The pipeline: the tiny config end to end, stage caching by hash, the embedded quickstart config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drafttrain.bundle import load_bundle
+from drafttrain.cli import main
+from drafttrain.config import load_config
+from drafttrain.errors import DrafttrainError
+from drafttrain.pipeline.cache import run_cached, stage_key
+from drafttrain.pipeline.config import PipelineConfig
+from recipes.pipeline import QUICKSTART
+
+REPO = Path(__file__).parents[2]
+
+
+def ran(out: Path) -> dict[str, bool]:
+    """Stage -> whether it ran (True) or was reused (False) in the last pipeline run."""
+    return {stage["stage"]: not stage["cached"] for stage in json.loads((out / "pipeline.json").read_text())["stages"]}
+
+
+def test_tiny_pipeline_end_to_end_then_cached_then_only_what_changed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # the config's stage files are relative to the repository root
+    out = tmp_path / "pipeline"
+    command = ["run", "pipeline", "--config", "configs/tiny/pipeline.yaml", f"out={out}", "threads=1"]
+    assert main(command) == 0
+    assert ran(out) == dict.fromkeys(["pretrain", "prompts", "distill", "search", "calibrate", "export", "eval"], True)
+    summary = json.loads((out / "pipeline.json").read_text())
+    bundle = load_bundle(out / "bundle", summary["target"])
+    assert bundle.level_names[0] == "draft0" and bundle.level_names[-1] == "ngram"
+    report = json.loads((Path(summary["report"]).parent / "report.json").read_text())
+    assert {"ar", "sd-draft0", "sd-ngram", "dytc"} <= set(report["methods"])
+    assert all(entry["lossless"] is True for entry in report["methods"].values())
+    assert "Bundle:" in capsys.readouterr().out
+
+    assert main(command) == 0  # nothing changed: every stage is reused
+    assert not any(ran(out).values())
+
+    assert main(command + ["eval.set.max_new_tokens=12"]) == 0  # only the evaluation changed
+    assert ran(out) == {"pretrain": False, "prompts": False, "distill": False, "search": False,
+                        "calibrate": False, "export": False, "eval": True}
+
+
+def test_stage_key_follows_config_and_inputs_but_not_where_outputs_go():
+    from drafttrain.search.config import SearchConfig
+
+    base = SearchConfig(trials=4)
+    key = stage_key("search", base, {"target": "a"})
+    assert key == stage_key("search", SearchConfig(trials=4, out=Path("elsewhere"), wandb="disabled"), {"target": "a"})
+    assert key != stage_key("search", SearchConfig(trials=5), {"target": "a"})
+    assert key != stage_key("search", base, {"target": "b"})
+    assert key != stage_key("distill", base, {"target": "a"})
+
+
+def test_run_cached_reruns_an_interrupted_stage_in_the_same_directory(tmp_path):
+    calls = []
+
+    def interrupted(directory: Path) -> None:
+        calls.append(directory)
+        (directory / "partial").write_text("checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cached(tmp_path, "distill", "k" * 64, interrupted)
+    resumed = run_cached(tmp_path, "distill", "k" * 64, lambda directory: calls.append(directory))
+    assert not resumed.cached and calls[0] == calls[1] == resumed.dir
+    assert (resumed.dir / "partial").read_text() == "checkpoint"  # the recipe resumes from what it left
+    assert run_cached(tmp_path, "distill", "k" * 64, lambda directory: calls.append(directory)).cached
+    assert len(calls) == 2
+
+
+def test_the_embedded_quickstart_config_validates_every_stage():
+    config = load_config(PipelineConfig, QUICKSTART)
+    assert config.target is None and config.pretrain.build("pretrain").model.num_layers == 6
+    assert "dytc" in config.eval.build("eval", {"bundle": "b"}).methods
+
+
+def test_a_bad_stage_setting_names_the_stage_and_key(tmp_path):
+    with pytest.raises(DrafttrainError, match=r"stage distill: .*trainer\.max_stepz: unknown key"):
+        load_config(PipelineConfig, QUICKSTART, ["distill.set={trainer.max_stepz: 3}"])
+    with pytest.raises(DrafttrainError, match="calibrate and export stages cannot be turned off"):
+        load_config(PipelineConfig, QUICKSTART, ["calibrate.enabled=false"])
+
+
+def test_quickstart_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--help"])
+    assert exit_info.value.code == 0 and "--target" in capsys.readouterr().out
