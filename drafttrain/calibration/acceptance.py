@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -140,6 +141,11 @@ class IsotonicMap:
         hot path), equal to it up to rounding."""
         return np.interp(np.asarray(confidence, dtype=np.float64), self.x_thresholds, self.y_thresholds)
 
+    def interpolate_one(self, confidence: float) -> float:
+        """`interpolate` of one value in plain Python (no array round trip: the scheduler calls it per
+        drafted token). Bit-equal to `np.interp`: the same bracket and the same arithmetic."""
+        return interpolate_like_numpy(confidence, self.x_thresholds, self.y_thresholds)
+
     def predict(self, confidence: np.ndarray) -> np.ndarray:
         """As `IsotonicRegression.predict`: clip to the fitted range, interpolate linearly."""
         x = np.clip(np.asarray(confidence, dtype=np.float64).reshape(-1), self.x_thresholds[0], self.x_thresholds[-1])
@@ -163,6 +169,30 @@ class IsotonicMap:
         if ys[0] < 0.0 or ys[-1] > 1.0:
             raise _schema_error(where, "y_thresholds", "has values outside [0, 1]")
         return cls(tuple(xs), tuple(ys), int(data.get("rows", 0)))
+
+
+def interpolate_like_numpy(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
+    """`float(np.interp(x, xs, ys))` for one float (xs ascending), with numpy's own cases and formula:
+    clipped outside [xs[0], xs[-1]], ys[j] on a threshold, else the slope of the bracket xs[j] <= x <
+    xs[j + 1] times (x - xs[j]) plus ys[j] (from the right end if that is NaN)."""
+    if len(xs) == 1:
+        return ys[0]
+    if math.isnan(x):
+        return x
+    if x < xs[0]:
+        return ys[0]
+    if x > xs[-1]:
+        return ys[-1]
+    j = bisect_right(xs, x) - 1
+    if j == len(xs) - 1 or xs[j] == x:
+        return ys[j]
+    slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+    value = slope * (x - xs[j]) + ys[j]
+    if math.isnan(value):
+        value = slope * (x - xs[j + 1]) + ys[j + 1]
+        if math.isnan(value) and ys[j] == ys[j + 1]:
+            value = ys[j]
+    return value
 
 
 # ---------------------------------------------------------------- logistic baseline
@@ -244,6 +274,11 @@ class LevelPredictor:
                 values = confidence[rows]
                 predicted[rows] = isotonic.predict(values) if exact else isotonic.interpolate(values)
         return predicted
+
+    def predict_one(self, confidence: float, depth: int) -> float:
+        """`predict(..., exact=False)` of one token, in plain Python (equal to it bit for bit)."""
+        bucket = max(bisect_right(self.depth_edges, depth) - 1, 0)
+        return self.maps[bucket].interpolate_one(confidence)
 
     def predict_rows(self, rows: Traces) -> np.ndarray:
         return self.predict(confidence_values(rows, self.feature), rows["depth"])

@@ -19,19 +19,28 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import mul
 
 from drafttrain.errors import DrafttrainError
+
+
+@lru_cache(maxsize=256)
+def age_weights(ema_lambda: float, count: int) -> tuple[float, ...]:
+    """lambda^age of `count` steps, oldest first (the newest step has age 0)."""
+    return tuple(ema_lambda ** age for age in range(count - 1, -1, -1))
 
 
 def ema_acceptance(steps: list[tuple[int, int]], ema_lambda: float, prior: float = 0.0,
                    prior_weight: float = 0.0) -> float:
     """The weighted ratio above for `steps` of (accepted, judged), oldest first, with the prior
     counted as `prior_weight` judged tokens."""
-    weights = [ema_lambda ** age for age in range(len(steps) - 1, -1, -1)]
-    judged = sum(w * j for w, (_, j) in zip(weights, steps)) + prior_weight
+    weights = age_weights(ema_lambda, len(steps))
+    accepted, judged_counts = zip(*steps) if steps else ((), ())
+    judged = sum(map(mul, weights, judged_counts)) + prior_weight
     if judged <= 0:
         return prior
-    return (sum(w * a for w, (a, _) in zip(weights, steps)) + prior * prior_weight) / judged
+    return (sum(map(mul, weights, accepted)) + prior * prior_weight) / judged
 
 
 def judged_tokens(accepted: int, drafted_depth: int) -> int:

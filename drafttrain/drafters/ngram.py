@@ -8,9 +8,12 @@ get long, cheap, often-accepted drafts this way. When no suffix recurs, an optio
 `BigramTable` fitted on a corpus proposes the most frequent successors of the last token.
 
 The drafter is deterministic: its trees carry `q_draft=None` (a point mass on every proposed
-token), which speculative sampling handles losslessly. Matching runs vectorized in numpy on a
-CPU view of the context, so a call costs well under 200 microseconds for contexts of a few
-thousand tokens (run this module, `python -m drafttrain.drafters.ngram`, to benchmark it).
+token), which speculative sampling handles losslessly. It keeps a `TokenIndex` of the context it
+last saw (every token's positions), brought up to date by re-indexing only the tail that changed
+(a decoder's context grows by a few tokens per step; a scheduler's differs by a draft path), and
+matches over it in plain Python: a call costs tens of microseconds, mostly fixed overhead (run
+this module, `python -m drafttrain.drafters.ngram`, to benchmark it). `longest_match` is the
+vectorized numpy reference of the same match.
 """
 
 from __future__ import annotations
@@ -343,9 +346,11 @@ class NgramDrafter:
         self.max_match = max_match
         self.bigram = bigram
         self.max_occurrences = max_occurrences
+        self.index = TokenIndex()
 
     def reset(self) -> None:
-        """Nothing to forget: the drafter keeps no per-sequence state."""
+        """Drop the token index (a cache: any context is re-checked against it anyway)."""
+        self.index = TokenIndex()
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
         """Nothing to learn: drafts depend on the context only."""
@@ -356,23 +361,100 @@ class NgramDrafter:
     ) -> DraftTree:
         """Draft from the longest recurring suffix of `context`, else from the bigram table."""
         del sampling, generator  # deterministic: every proposed token is a point mass
-        ids = _cpu_ids(context)
-        match_length, tokens, parents = self._lookup_tree(ids, shape)
-        if not tokens and self.bigram is not None and ids.size:
-            tokens, parents = _bigram_tree(self.bigram, int(ids[-1]), shape.branching)
+        ids = self.index.update(_cpu_ids(context))
+        match_length, tokens, parents = self._lookup_tree(shape)
+        if not tokens and self.bigram is not None and ids:
+            tokens, parents = _bigram_tree(self.bigram, ids[-1], shape.branching)
         if not tokens:
             return DraftTree.empty(context.device)
         return DraftTree(torch.tensor(tokens, dtype=torch.long, device=context.device), parents,
                          match_lengths=[match_length] * len(tokens))
 
-    def _lookup_tree(self, ids: np.ndarray, shape: TreeShape) -> tuple[int, list[int], list[int]]:
-        """(length of the matched suffix, tokens, parents); (0, [], []) without a match."""
-        length, ends = longest_match(ids, self.min_match, self.max_match)
-        if ends.size == 0:
+    def _lookup_tree(self, shape: TreeShape) -> tuple[int, list[int], list[int]]:
+        """(length of the matched suffix, tokens, parents) for the indexed context; (0, [], []) without
+        a match."""
+        length, ends = self.index.longest_match(self.min_match, self.max_match)
+        if not ends:
             return 0, [], []
-        continuations = _continuations(ids, ends[: self.max_occurrences], shape.depth).tolist()
-        distinct = list(dict.fromkeys(map(tuple, continuations)))  # keeps most recent first
+        continuations = self.index.continuations(ends[: self.max_occurrences], shape.depth)
+        distinct = list(dict.fromkeys(continuations))  # keeps most recent first
         return length, *_merge_into_trie(distinct, shape)
+
+
+class TokenIndex:
+    """The tokens of the last context seen, with each token's positions (ascending).
+
+    `update` compares a new context with the indexed one in numpy and re-indexes only from the
+    first difference on, so growing a context by a few tokens, or swapping the draft path after
+    it, costs a few list operations. `longest_match` is `longest_match` (the numpy reference)
+    over the indexed context, by the same step-by-step extension, in plain Python.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.positions: dict[int, list[int]] = {}
+        self._mirror = np.empty(0, dtype=np.int64)  # the indexed tokens, for comparing in numpy
+
+    def update(self, ids: np.ndarray) -> list[int]:
+        """Index `ids` (a 1-D integer array), reusing the longest prefix it shares with the indexed
+        context; returns the indexed tokens (do not modify them)."""
+        keep = _common_prefix(self._mirror[:len(self.tokens)], ids)
+        if keep < len(self.tokens) // 2:
+            self.tokens, self.positions = [], {}  # re-indexing is cheaper than undoing most of it
+            keep = 0
+        self._truncate(keep)
+        self._append(ids[keep:])
+        return self.tokens
+
+    def _truncate(self, length: int) -> None:
+        while len(self.tokens) > length:
+            self.positions[self.tokens.pop()].pop()
+
+    def _append(self, ids: np.ndarray) -> None:
+        start = len(self.tokens)
+        if self._mirror.size < start + ids.size:
+            grown = np.empty(max(2 * self._mirror.size, start + ids.size, 256), dtype=np.int64)
+            grown[:start] = self._mirror[:start]
+            self._mirror = grown
+        self._mirror[start:start + ids.size] = ids
+        for position, token in enumerate(ids.tolist(), start):
+            self.tokens.append(token)
+            self.positions.setdefault(token, []).append(position)
+
+    def longest_match(self, min_match: int, max_match: int) -> tuple[int, list[int]]:
+        """(length, ends) of the longest recurring suffix of the indexed context, ends most recent
+        first; (0, []) when no suffix of at least `min_match` tokens recurs."""
+        tokens = self.tokens
+        last = len(tokens) - 1
+        if last < 1:
+            return 0, []
+        ends = self.positions[tokens[last]][-2::-1]  # the root token's earlier occurrences
+        if not ends:
+            return 0, []
+        length, max_length = 1, min(max_match, last)
+        while length < max_length:
+            wanted = tokens[last - length]
+            agreeing = [end for end in ends if end >= length and tokens[end - length] == wanted]
+            if not agreeing:
+                break
+            ends, length = agreeing, length + 1
+        return (length, ends) if length >= min_match else (0, [])
+
+    def continuations(self, ends: list[int], depth: int) -> list[tuple[int, ...]]:
+        """The `depth` tokens following each end position, -1 past the end of the context."""
+        tokens = self.tokens
+        rows = []
+        for end in ends:
+            row = tuple(tokens[end + 1:end + 1 + depth])
+            rows.append(row + (-1,) * (depth - len(row)))
+        return rows
+
+
+def _common_prefix(first: np.ndarray, second: np.ndarray) -> int:
+    """How many leading tokens two 1-D arrays share."""
+    length = min(first.size, second.size)
+    differ = np.flatnonzero(first[:length] != second[:length])
+    return int(differ[0]) if differ.size else length
 
 
 def _cpu_ids(context: torch.Tensor) -> np.ndarray:

@@ -43,10 +43,14 @@ from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
 from drafttrain.errors import DrafttrainError
 from drafttrain.scheduling.scores import (
+    LevelTerms,
+    StepTotals,
     best_choice,
+    best_rate,
     best_scored,
     draft_seconds,
     expected_accepted,
+    geometric_tails,
     verify_budget,
 )
 from drafttrain.scheduling.tree import TreeBuilder
@@ -84,13 +88,17 @@ class _Step:
 
     context_length: int
     builder: TreeBuilder
-    verify: np.ndarray  # [n + 1]: predicted seconds to verify the root and n nodes
-    feed: dict[str, np.ndarray] = field(default_factory=dict)  # level -> [n]: seconds of a forward of n tokens
+    verify: list[float]  # [n + 1]: predicted seconds to verify the root and n nodes
+    accept: dict[str, float]  # level -> its acceptance estimate (fixed during a step)
+    terms: dict[str, LevelTerms] = field(default_factory=dict)  # level -> what scoring its expansions needs
     cumulative: list[float] = field(default_factory=list)  # per node: P(path to it is accepted)
     gain: float = 0.0  # expected accepted draft tokens of the tree
     draft_seconds: float = 0.0
     failed: set[tuple[int, str]] = field(default_factory=set)  # (node, level) that drafted nothing
     expansions: list[tuple[int, str, int]] = field(default_factory=list)  # (node, level, tokens drafted)
+
+    def totals(self) -> StepTotals:
+        return StepTotals(self.gain, self.draft_seconds, len(self.builder), self.verify)
 
 
 def _one_call(drafter: Drafter) -> bool:
@@ -123,7 +131,14 @@ def capacity_shape(max_nodes: int, max_depth: int) -> TreeShape:
 
 
 class DyTCDrafter:
-    """Drafter protocol over several levels; predictors are per level, for the active mode."""
+    """Drafter protocol over several levels; predictors are per level, for the active mode.
+
+    The per-step constants (each level's acceptance estimate and 1 - a^k, the cost tables as Python
+    lists, the verify budget) are computed once per step or per context-length bucket, and the
+    options of an expansion are scored in plain Python (`scores.best_rate`): the trees equal those of
+    the vectorized scoring, at a fraction of its small-array overhead. Under greedy decoding the tree
+    carries no q rows (greedy verification never reads them); under sampling every node has one.
+    """
 
     name = "dytc"
 
@@ -140,7 +155,10 @@ class DyTCDrafter:
         self.ema = ema or AcceptanceEMA()
         self._mode_predictors: dict[str, LevelPredictor] = {}
         self.last_plan: StepPlan | None = None
-        self._cost_tables: dict[tuple[str, int, int], np.ndarray] = {}
+        self._cost_tables: dict[tuple[str, int, int], list[float]] = {}
+        self._budgets: dict[tuple[int, int], int] = {}
+        self._tails_cache: dict[float, list[float]] = {}
+        self._one_call = {name: _one_call(drafter) for name, drafter in levels.items()}
 
     # ---- protocol --------------------------------------------------------------------------
 
@@ -151,12 +169,8 @@ class DyTCDrafter:
 
     def propose(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams,
                 generator: torch.Generator | None) -> DraftTree:
-        self._use_mode(sampling)
-        largest = min(self._largest_timed(), shape.num_nodes)
-        verify = self._cost_table(TARGET_LEVEL, len(context), largest + 2)[1:]
-        step = _Step(len(context), TreeBuilder(context.device), verify)
+        step, budget = self._start_step(context, shape, sampling)
         max_depth = min(self.settings.max_depth, shape.depth)
-        budget = verify_budget(lambda n: step.verify[n], largest, self.settings.budget_factor)
         frontier = [(-1.0, -1)]  # (-cumulative probability, node); the root is certain
         while frontier and len(step.builder) < budget:
             cumulative, node = heapq.heappop(frontier)
@@ -179,7 +193,7 @@ class DyTCDrafter:
         nodes = len(step.builder)
         self.last_plan = StepPlan(nodes, step.gain, step.draft_seconds, self._verify_seconds(nodes, step),
                                   tuple(step.expansions))
-        return step.builder.build(self.vocab_size)
+        return step.builder.build(self.vocab_size, with_q=not sampling.greedy)
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
         """Feed each level's accepted / judged counts (nodes whose parent was accepted) to the EMA;
@@ -197,6 +211,55 @@ class DyTCDrafter:
             else:
                 self.ema.idle(level)
 
+    # ---- per-step constants ----------------------------------------------------------------
+
+    def _start_step(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams) -> tuple[_Step, int]:
+        """The step's empty tree with its constants, and its node budget."""
+        self._use_mode(sampling)
+        largest = min(self._largest_timed(), shape.num_nodes)
+        verify = self._cost_table(TARGET_LEVEL, len(context), largest + 2)[1:]
+        accept = {name: min(self.ema.estimate(name), MAX_ACCEPT) for name in self.levels}
+        step = _Step(len(context), TreeBuilder(context.device), verify, accept)
+        step.terms = {name: self._terms(name, step) for name in self.levels}
+        return step, self._budget(len(context), largest, verify)
+
+    def _budget(self, context_length: int, largest: int, verify: list[float]) -> int:
+        """`verify_budget` of the step's verify costs, which depend on the context-length bucket only."""
+        key = (context_length // COST_BUCKET, largest)
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = verify_budget(verify.__getitem__, largest, self.settings.budget_factor)
+        return budget
+
+    def _terms(self, level: str, step: _Step) -> LevelTerms:
+        """What scoring the level's expansions needs this step."""
+        feed = self._cost_table(level, step.context_length, max(self.settings.max_depth, self.settings.k_max) + 2)
+        accept = step.accept[level]
+        return LevelTerms(level, accept, self._tails(accept), feed, self._one_call[level])
+
+    def _tails(self, accept: float) -> list[float]:
+        """`geometric_tails` up to the deepest chain, cached by value: a level the schedule leaves out
+        keeps the same estimate (its prior) step after step."""
+        tails = self._tails_cache.get(accept)
+        if tails is None:
+            if len(self._tails_cache) >= 1024:
+                self._tails_cache.clear()
+            tails = self._tails_cache[accept] = geometric_tails(accept, self.settings.max_depth)
+        return tails
+
+    def _cost_table(self, level: str, context_length: int, size: int) -> list[float]:
+        """Predicted seconds of a forward of 0 .. size - 1 tokens by `level` (the target included),
+        at the start of the context-length bucket: costs move little within a bucket, and the
+        cache saves a latency-model evaluation per level and step."""
+        bucket = context_length // COST_BUCKET
+        key = (level, bucket, size)
+        table = self._cost_tables.get(key)
+        if table is None:
+            counts = np.arange(0, size)
+            predicted = self.latency.models[level].predict(counts, max(bucket * COST_BUCKET, 1))
+            table = self._cost_tables[key] = np.asarray(predicted, dtype=np.float64).tolist()
+        return table
+
     # ---- choosing --------------------------------------------------------------------------
 
     def _use_mode(self, sampling: SamplingParams) -> None:
@@ -208,18 +271,12 @@ class DyTCDrafter:
         for name, predictor in self._mode_predictors.items():
             self.ema.priors.setdefault(name, predictor.mean_acceptance)
 
-    def _accept(self, level: str) -> float:
-        return min(self.ema.estimate(level), MAX_ACCEPT)
-
     def _draft_seconds(self, level: str, depth: int, k: int, step: _Step) -> float:
         """A model level feeds the root and the path to the node (depth + 1 tokens), then takes
         k - 1 one-token steps; the n-gram drafter answers k tokens in one call, timed as such.
         Everything is priced at the step's context length (a few tokens more change little)."""
-        feed = step.feed.get(level)
-        if feed is None:
-            feed = step.feed[level] = self._cost_table(level, step.context_length,
-                                                       max(self.settings.max_depth, self.settings.k_max) + 2)
-        return float(draft_seconds(feed, depth, k, _one_call(self.levels[level])))
+        terms = step.terms[level]
+        return float(draft_seconds(terms.feed, depth, k, terms.one_call))
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
         depth = step.builder.depth(node)
@@ -230,50 +287,24 @@ class DyTCDrafter:
         if self.settings.choice == "cas-spec":
             choice = self._choose_cas_spec(names, depth, room, step)
         else:
-            choice = best_scored(option for name in names for option in self._rate_options(name, cumulative, depth,
-                                                                                             room, step))
+            options = [(step.terms[name], self._k_max(name, room)) for name in names]
+            choice = best_rate(options, cumulative, depth, step.totals())
         if choice is None:
             return None
-        gain = cumulative * expected_accepted(self._accept(choice.level), choice.k)
+        gain = cumulative * expected_accepted(step.accept[choice.level], choice.k)
         return _Expansion(node, choice.level, choice.k, gain, self._draft_seconds(choice.level, depth, choice.k, step))
 
     def _k_max(self, level: str, room: int) -> int:
-        return room if _one_call(self.levels[level]) else min(room, self.settings.k_max)
-
-    def _rate_options(self, level: str, cumulative: float, depth: int, room: int, step: _Step):
-        """(level, k, the step's expected rate with that expansion added) for k = 1 .. k_max."""
-        ks = np.arange(1, self._k_max(level, room) + 1)
-        accept = self._accept(level)
-        gains = cumulative * accept * (1.0 - accept ** ks) / (1.0 - accept)
-        self._draft_seconds(level, depth, 1, step)  # fills the level's feed table
-        feed = step.feed[level]
-        drafting = draft_seconds(feed, depth, ks, _one_call(self.levels[level]))
-        nodes = len(step.builder)
-        verify = step.verify[np.minimum(nodes + ks, len(step.verify) - 1)]
-        rates = (1.0 + step.gain + gains) / (step.draft_seconds + drafting + verify)
-        return zip([level] * len(ks), ks.tolist(), rates.tolist())
+        return room if self._one_call[level] else min(room, self.settings.k_max)
 
     def _choose_cas_spec(self, names: list[str], depth: int, room: int, step: _Step):
         """CAS-Spec's rule: argmax of T(S, k) (drafting cost only, bottom credit)."""
         bottom = self.settings.bottom if self.settings.bottom in self.levels else None
-        bottom_accept = self._accept(bottom) if bottom else 0.0
+        bottom_accept = step.accept[bottom] if bottom else 0.0
         bottom_cost = self._draft_seconds(bottom, 0, 1, step) if bottom else 0.0
-        per_level = (best_choice([(name, self._accept(name), lambda k, name=name: self._draft_seconds(
+        per_level = (best_choice([(name, step.accept[name], lambda k, name=name: self._draft_seconds(
             name, depth, k, step))], self._k_max(name, room), bottom_accept, bottom_cost) for name in names)
         return best_scored((choice.level, choice.k, choice.score) for choice in per_level)
-
-    def _cost_table(self, level: str, context_length: int, size: int) -> np.ndarray:
-        """Predicted seconds of a forward of 0 .. size - 1 tokens by `level` (the target included),
-        at the start of the context-length bucket: costs move little within a bucket, and the
-        cache saves a latency-model evaluation per level and step."""
-        bucket = context_length // COST_BUCKET
-        key = (level, bucket, size)
-        table = self._cost_tables.get(key)
-        if table is None:
-            counts = np.arange(0, size)
-            table = np.asarray(self.latency.models[level].predict(counts, max(bucket * COST_BUCKET, 1)), dtype=np.float64)
-            self._cost_tables[key] = table
-        return table
 
     @staticmethod
     def _verify_seconds(nodes: int, step: _Step) -> float:
@@ -296,40 +327,39 @@ class DyTCDrafter:
     def _draft(self, context: torch.Tensor, expansion: _Expansion, step: _Step, sampling: SamplingParams,
                generator: torch.Generator | None) -> list[int]:
         builder = step.builder
-        path = torch.tensor(builder.path(expansion.node), dtype=torch.long, device=context.device)
         drafter = self.levels[expansion.level]
-        draft = drafter.propose(torch.cat((context, path)), TreeShape.chain(expansion.k), sampling, generator)
+        draft = drafter.propose(_extend(context, builder.path(expansion.node)), TreeShape.chain(expansion.k),
+                                sampling, generator)
         if hasattr(drafter, "keep_prefix"):
             drafter.keep_prefix(step.context_length)
         if not len(draft):
             return []
         nodes = builder.graft(expansion.node, draft, expansion.level)
-        probabilities = self._token_accept(expansion.level, draft, builder, nodes)
+        probabilities = self._token_accept(expansion.level, draft, nodes, step)
         for node, probability in zip(nodes, probabilities):
             parent = builder.parents[node]
             step.cumulative.append((1.0 if parent < 0 else step.cumulative[parent]) * probability)
             step.gain += step.cumulative[-1]
         return nodes
 
-    def _token_accept(self, level: str, draft: DraftTree, builder: TreeBuilder, nodes: list[int]) -> np.ndarray:
+    def _token_accept(self, level: str, draft: DraftTree, nodes: list[int], step: _Step) -> list[float]:
         """Calibrated P(accept) of each drafted token, scaled by the level's online / calibrated mean."""
+        accept = step.accept[level]
         predictor = self._mode_predictors.get(level)
         if predictor is None:
-            return np.full(len(nodes), self._accept(level))
-        depths = np.array([builder.depths[node] for node in nodes])
+            return [accept] * len(nodes)
         confidence = self._confidence(predictor.feature, draft)
-        calibrated = predictor.predict(confidence, depths, exact=False)
-        scale = self._accept(level) / max(predictor.mean_acceptance, 1e-6)
-        return np.clip(calibrated * scale, 0.0, MAX_ACCEPT)
+        scale = accept / max(predictor.mean_acceptance, 1e-6)
+        return [scaled_acceptance(predictor.predict_one(value, step.builder.depths[node]), scale)
+                for value, node in zip(confidence, nodes)]
 
     @staticmethod
-    def _confidence(feature: str, draft: DraftTree) -> np.ndarray:
+    def _confidence(feature: str, draft: DraftTree) -> list[float]:
         if feature == "match_length":
-            lengths = draft.match_lengths or [0] * len(draft)
-            return np.asarray(lengths, dtype=np.float64)
+            return [float(length) for length in draft.match_lengths or [0] * len(draft)]
         if draft.q_draft is None:
-            return np.ones(len(draft))
-        return draft.q_draft.gather(1, draft.tokens[:, None]).squeeze(1).double().cpu().numpy()
+            return [1.0] * len(draft)
+        return draft.q_draft.gather(1, draft.tokens[:, None]).squeeze(1).tolist()
 
     def _add_sibling(self, first: int, step: _Step, sampling: SamplingParams, generator: torch.Generator | None,
                      frontier: list) -> None:
@@ -340,16 +370,16 @@ class DyTCDrafter:
             return
         remaining = q_row.clone()
         remaining[builder.tokens[first]] = 0.0
-        if remaining.sum() <= 0:
+        total = remaining.sum()
+        if float(total) <= 0:
             return
-        remaining = remaining / remaining.sum()
+        remaining = remaining / total
         # Whether to add the sibling is decided from the runner-up, before any sampling: a sibling
         # kept or dropped by its own sampled value would bias rejection sampling.
-        runner_up = int(remaining.argmax())
+        runner_up = _first_argmax(remaining)
         level, parent = builder.levels[first], builder.parents[first]
         predictor = self._mode_predictors.get(level)
-        depth = builder.depths[first]
-        probability = (float(predictor.predict(np.array([float(q_row[runner_up])]), np.array([depth]), exact=False)[0])
+        probability = (predictor.predict_one(float(q_row[runner_up]), builder.depths[first])
                        if predictor is not None and predictor.feature == "q_token" else 0.0)
         cumulative = (1.0 if parent < 0 else step.cumulative[parent]) * min(probability, MAX_ACCEPT)
         nodes = len(builder)
@@ -361,3 +391,23 @@ class DyTCDrafter:
         step.cumulative.append(cumulative)
         step.gain += cumulative
         heapq.heappush(frontier, (-cumulative, sibling))
+
+
+def scaled_acceptance(calibrated: float, scale: float) -> float:
+    """A calibrated P(accept) times the level's online / calibrated ratio, kept in [0, MAX_ACCEPT]."""
+    return min(max(calibrated * scale, 0.0), MAX_ACCEPT)
+
+
+def _first_argmax(row: torch.Tensor) -> int:
+    """`int(row.argmax())` (the first of equal maxima), through numpy for a CPU row: torch's CPU
+    argmax over a vocabulary costs several times more."""
+    if row.device.type == "cpu" and row.dtype in (torch.float32, torch.float64):
+        return int(row.detach().numpy().argmax())
+    return int(row.argmax())
+
+
+def _extend(context: torch.Tensor, path: list[int]) -> torch.Tensor:
+    """The context followed by the path's tokens (the context itself below the root)."""
+    if not path:
+        return context
+    return torch.cat((context, torch.tensor(path, dtype=context.dtype, device=context.device)))

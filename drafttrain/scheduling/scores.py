@@ -21,8 +21,11 @@ that rate maximizes expected committed tokens per second of the step, the quanti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 
 def expected_accepted(accept_prob: float, k: int) -> float:
@@ -56,6 +59,67 @@ def draft_seconds(feed, depth: int, k, one_call: bool):
     a model level feeds the root and the path (depth + 1 tokens), then takes k - 1 one-token
     steps; a one-call level (the n-gram drafter) answers k tokens in one call. `k` may be an array."""
     return feed[k] if one_call else feed[depth + 1] + (k - 1) * feed[1]
+
+
+def geometric_tails(accept_prob: float, k_max: int) -> list[float]:
+    """1 - a^k for k = 1 .. k_max, the powers taken by numpy (whose pow may differ from Python's in the
+    last bit) so that rates computed from them equal the vectorized ones they replace."""
+    return (1.0 - accept_prob ** np.arange(1, k_max + 1)).tolist()
+
+
+class LevelTerms(NamedTuple):
+    """What scoring expansions by one level needs, fixed for a whole step: its acceptance estimate a,
+    1 - a^k (`geometric_tails`), the seconds of a forward of n tokens `feed[n]` and whether a chain of
+    any length costs it one call. (Named tuples: built several times per step, cheaply.)"""
+
+    name: str
+    accept_prob: float
+    tails: Sequence[float]
+    feed: Sequence[float]
+    one_call: bool
+
+
+class StepTotals(NamedTuple):
+    """A step's tree so far: expected accepted tokens, drafting seconds, node count, and
+    `verify[n]`, the seconds to verify the root and n nodes (clamped to the last entry)."""
+
+    gain: float
+    draft_seconds: float
+    nodes: int
+    verify: Sequence[float]
+
+
+def chain_seconds(feed: Sequence[float], depth: int, k_max: int, one_call: bool) -> list[float]:
+    """`draft_seconds` for k = 1 .. k_max, the same sums in plain Python."""
+    if one_call:
+        return list(feed[1:k_max + 1])
+    first, single = feed[depth + 1], feed[1]
+    return [first + steps * single for steps in range(k_max)]
+
+
+def best_rate(levels: Iterable[tuple[LevelTerms, int]], cumulative: float, depth: int,
+              step: StepTotals) -> Choice | None:
+    """argmax over (level, k <= that level's k_max) of the step's expected rate once the expansion of
+    k tokens below a node at `depth` reached with probability `cumulative` is added:
+    (1 + G + g) / (D + d + V(n + k)), g = cumulative * a (1 - a^k) / (1 - a) and d = `draft_seconds`
+    (the first option wins ties). Plain Python: per node the options are few, and numpy's per-call
+    overhead was most of the scheduler's time."""
+    levels = list(levels)
+    k_most = max((k_max for _, k_max in levels), default=0)
+    verify_after = list(step.verify[step.nodes + 1:step.nodes + 1 + k_most])  # V(n + k), k = 1 .. k_most,
+    verify_after += [step.verify[-1]] * (k_most - len(verify_after))  # the last entry past the table
+    base, spent = 1.0 + step.gain, step.draft_seconds
+    best: Choice | None = None
+    for terms, k_max in levels:
+        reach, spread = cumulative * terms.accept_prob, 1.0 - terms.accept_prob
+        drafting = chain_seconds(terms.feed, depth, k_max, terms.one_call)
+        rates = [(base + reach * tail / spread) / (spent + seconds + verify)
+                 for tail, seconds, verify in zip(terms.tails, drafting, verify_after)]  # k = 1 .. k_max
+        if rates:
+            rate = max(rates)
+            if best is None or rate > best.score:
+                best = Choice(terms.name, rates.index(rate) + 1, rate)  # the first of equal maxima
+    return best
 
 
 def rate_after(gain: float, seconds: float, add_gain: float, add_seconds: float) -> float:

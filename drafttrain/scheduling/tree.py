@@ -49,24 +49,30 @@ class TreeBuilder:
     def graft(self, parent: int, draft: DraftTree, level: str) -> list[int]:
         """Attach `draft` (rooted at `parent`) and return the new nodes' indices, in draft order."""
         nodes: list[int] = []
-        for index, token in enumerate(draft.tokens.tolist()):
+        q_rows = [None] * len(draft) if draft.q_draft is None else draft.q_draft.unbind(0)
+        for index, (token, q_row) in enumerate(zip(draft.tokens.tolist(), q_rows)):
             below = parent if draft.parents[index] < 0 else nodes[draft.parents[index]]
-            q_row = None if draft.q_draft is None else draft.q_draft[index]
             nodes.append(self.add(below, token, level, q_row))
         return nodes
 
     def children(self, node: int) -> list[int]:
         return [i for i, parent in enumerate(self.parents) if parent == node]
 
-    def build(self, vocab_size: int) -> DraftTree:
-        """The finished tree; point-mass rows fill in for deterministic nodes when others have q."""
+    def build(self, vocab_size: int, with_q: bool = True) -> DraftTree:
+        """The finished tree; point-mass rows fill in for deterministic nodes when others have q.
+        `with_q=False` leaves q_draft out (greedy verification never reads it)."""
         tokens = torch.tensor(self.tokens, dtype=torch.long, device=self.device)
-        if all(row is None for row in self.q_rows):
+        if not with_q or all(row is None for row in self.q_rows):
             return DraftTree(tokens, list(self.parents), levels=list(self.levels))
-        rows = []
-        for token, row in zip(self.tokens, self.q_rows):
-            if row is None:
-                row = torch.zeros(vocab_size, device=self.device)
-                row[token] = 1.0
-            rows.append(row.to(self.device, torch.float32))
-        return DraftTree(tokens, list(self.parents), torch.stack(rows), levels=list(self.levels))
+        return DraftTree(tokens, list(self.parents), self._q_matrix(vocab_size), levels=list(self.levels))
+
+    def _q_matrix(self, vocab_size: int) -> torch.Tensor:
+        """[n, vocab] float32: every node's q row, a point mass on its token where it has none (one
+        stack over a shared zero row, then the ones written in a single indexed store)."""
+        zero = torch.zeros(vocab_size, device=self.device)
+        rows = [zero if row is None else row for row in self.q_rows]
+        matrix = torch.stack(rows).to(self.device, torch.float32)
+        points = [node for node, row in enumerate(self.q_rows) if row is None]
+        if points:
+            matrix[points, [self.tokens[node] for node in points]] = 1.0
+        return matrix
