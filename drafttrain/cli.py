@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "every prompt of --prompts, streaming the text to stdout (stats to stderr).")
     add_config_flags(generate, GenerateConfig)
     generate.set_defaults(run=cmd_generate)
-    quick = verbs.add_parser("quickstart", help="the whole pipeline on the embedded default (about 10 minutes "
+    quick = verbs.add_parser("quickstart", help="the whole pipeline on the embedded default (about 5 minutes "
                              "on 2 CPU cores)", description="Pretrain a small target on this Python's standard "
                              "library (or use --target DIR), distill a draft, search self-draft levels, calibrate, "
                              "export a bundle and evaluate it. Stages are cached: a second run reuses them.")
