@@ -1,10 +1,10 @@
-"""Atomic file output: write to a temporary file beside the target, then rename it into place.
-
-An interrupted write never leaves a half-written file behind, only the old one (or none).
+"""File helpers: atomic output (write to a temporary file beside the target, then rename it into
+place: an interrupted write never leaves a half-written file behind) and content hashes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -23,3 +23,12 @@ def write_atomically(path: str | Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in chunks (weights may be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -53,7 +53,7 @@ from drafttrain.drafters.base import Drafter, TreeShape
 from drafttrain.drafters.cascade import CascadeSpec, build_drafters
 from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.prompts import load_prompts
-from drafttrain.io import write_atomically
+from drafttrain.io import file_sha256, write_atomically
 from drafttrain.runtime import load_model, load_tokenizer
 from drafttrain.runtime.loader import eos_token_ids
 from drafttrain.runtime.views import parse_self_spec
@@ -85,15 +85,11 @@ def check_not_eval_prompts(config: CalibrateConfig, texts: list[str]) -> None:
 
 def part_key(config: CalibrateConfig, level: str, what: str, temperature: float) -> str:
     """A hash of everything a trace part depends on; a finished part with this key is reused."""
-    settings = {"target": str(Path(config.target).resolve()), "prompts": _file_sha256(config.prompts),
+    settings = {"target": str(Path(config.target).resolve()), "prompts": file_sha256(config.prompts),
                 "num_prompts": config.num_prompts, "max_new_tokens": config.max_new_tokens, "k": config.k,
                 "temperature": temperature, "seed": config.seed, "level": level, "what": what,
                 "dtype": config.dtype}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def record_part(decoder, drafter, prompt_ids, prompt_names, generation: GenerationConfig, seed: int,

@@ -24,8 +24,8 @@ import torch
 import drafttrain.pipeline
 from drafttrain.bundle.identity import combined_sha256, target_identity
 from drafttrain.calibration.latency import hardware_fingerprint
-from drafttrain.io import write_atomically
-from drafttrain.pipeline.cache import StageRecord, file_key, run_cached, stage_key
+from drafttrain.io import file_sha256, write_atomically
+from drafttrain.pipeline.cache import StageRecord, run_cached, stage_key
 from drafttrain.pipeline.config import PipelineConfig
 
 CONFIG = PipelineConfig
@@ -107,7 +107,7 @@ def main(config: PipelineConfig) -> int:
         target, target_key = config.target, combined_sha256(_identity_hashes(config.target))
 
     # 2. calibration prompts (training text) and evaluation prompts (held-out text, or the given file)
-    prompt_inputs = {"target": target_key, "eval_prompts": file_key(config.eval_prompts) if config.eval_prompts
+    prompt_inputs = {"target": target_key, "eval_prompts": file_sha256(config.eval_prompts) if config.eval_prompts
                      else None}
     key = stage_key("prompts", config.prompts, prompt_inputs)
     prompts = run_cached(config.out, "prompts", key, lambda d: write_prompt_sets(config, target, d), prompt_inputs)

@@ -98,7 +98,8 @@ def _checked_parts(parts: BundleParts) -> _Checked:
 
 def _check_draft(draft: Path, target: Path, identity: dict) -> None:
     """A draft must be a checkpoint directory whose tokenizer (if it has one) equals the target's."""
-    from drafttrain.bundle.identity import combined_sha256, file_sha256
+    from drafttrain.bundle.identity import combined_sha256
+    from drafttrain.io import file_sha256
 
     if not (draft / "config.json").is_file() and not (draft / "adapter_config.json").is_file():
         raise DrafttrainError(f"draft {draft}: no config.json; give a draft model directory (`drafttrain run "

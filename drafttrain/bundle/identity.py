@@ -14,18 +14,10 @@ import json
 from pathlib import Path
 
 from drafttrain.errors import DrafttrainError
+from drafttrain.io import file_sha256
 
-CHUNK = 1 << 20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "special_tokens_map.json", "tokenizer_config.json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def combined_sha256(hashes: dict[str, str]) -> str:

@@ -31,10 +31,6 @@ def stage_key(stage: str, config: Any, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(document.encode()).hexdigest()
 
 
-def file_key(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @dataclass
 class StageRecord:
     stage: str
