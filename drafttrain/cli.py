@@ -48,7 +48,7 @@ def flags_to_overrides(args: argparse.Namespace, cls: type) -> list[str]:
     """The given --flags as key=value overrides typed by their field; lists are comma-separated."""
     overrides = []
     for spec in dataclasses.fields(cls):
-        if spec.name not in vars(args) or spec.name == "overrides":
+        if spec.name not in vars(args):
             continue
         value, kind = getattr(args, spec.name), _field_type(cls, spec.name)
         if value.lower() in ("none", "null"):
@@ -148,38 +148,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_verb(verbs, name: str, cls: type, run, summary: str, description: str) -> argparse.ArgumentParser:
+    """A verb whose flags come from the config dataclass `cls` (see `add_config_flags`)."""
+    verb = verbs.add_parser(name, help=summary, description=description)
+    add_config_flags(verb, cls)
+    verb.set_defaults(run=run)
+    return verb
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drafttrain", description=(
         "Train and tune draft hierarchies and schedulers for lossless speculative decoding."))
     parser.add_argument("--version", action="version", version=f"drafttrain {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    evaluate = verbs.add_parser("eval", help="compare decoding methods side by side (speed, losslessness)",
-                                description="Run decoding methods on a prompt set, interleaved per prompt, "
-                                "and write report.json, report.md and the plots (speedup, acceptance by depth, tokens/s per prompt).")
+    evaluate = config_verb(verbs, "eval", EvalConfig, cmd_eval, "compare decoding methods side by side (speed, "
+                           "losslessness)", "Run decoding methods on a prompt set, interleaved per prompt, and write "
+                           "report.json, report.md and the plots (speedup, acceptance by depth, tokens/s per prompt).")
     evaluate.add_argument("--list-methods", action="store_true", help="list the methods and exit")
-    add_config_flags(evaluate, EvalConfig)
-    evaluate.set_defaults(run=cmd_eval)
+    from drafttrain.bundle.config import ExportConfig, GenerateConfig
     from drafttrain.search.config import SearchConfig
 
-    search = verbs.add_parser("search", help="search self-draft levels (layer skip, activation quantization)",
-                              description="Run or resume (by --study name) an Optuna study over self-draft views "
-                              "of the target and write levels.json and plots to --out.")
-    add_config_flags(search, SearchConfig)
-    search.set_defaults(run=cmd_search)
-    from drafttrain.bundle.config import ExportConfig, GenerateConfig
-
-    export = verbs.add_parser("export", help="write a verified cascade bundle (drafts, levels, predictors, "
-                              "latency, scheduler)", description="Check the parts against each other, write the "
-                              "bundle atomically with a manifest of sha256s and the target's identity, and verify it "
-                              "by loading it back. Scheduler settings: scheduler.name=dytc|sd-<level>, "
-                              "scheduler.k.<level>=N, scheduler.dytc.<setting>=VALUE.")
-    add_config_flags(export, ExportConfig)
-    export.set_defaults(run=cmd_export)
-    generate = verbs.add_parser("generate", help="stream text through a bundle's scheduler",
-                                description="Verify the bundle against --target, then generate for --prompt or "
-                                "every prompt of --prompts, streaming the text to stdout (stats to stderr).")
-    add_config_flags(generate, GenerateConfig)
-    generate.set_defaults(run=cmd_generate)
+    config_verb(verbs, "search", SearchConfig, cmd_search, "search self-draft levels (layer skip, activation "
+                "quantization)", "Run or resume (by --study name) an Optuna study over self-draft views of the target "
+                "and write levels.json and plots to --out.")
+    config_verb(verbs, "export", ExportConfig, cmd_export, "write a verified cascade bundle (drafts, levels, "
+                "predictors, latency, scheduler)", "Check the parts against each other, write the bundle atomically "
+                "with a manifest of sha256s and the target's identity, and verify it by loading it back. Scheduler "
+                "settings: scheduler.name=dytc|sd-<level>, scheduler.k.<level>=N, scheduler.dytc.<setting>=VALUE.")
+    config_verb(verbs, "generate", GenerateConfig, cmd_generate, "stream text through a bundle's scheduler",
+                "Verify the bundle against --target, then generate for --prompt or every prompt of --prompts, "
+                "streaming the text to stdout (stats to stderr).")
     quick = verbs.add_parser("quickstart", help="the whole pipeline on the embedded default (about 5 minutes "
                              "on 2 CPU cores)", description="Pretrain a small target on this Python's standard "
                              "library (or use --target DIR), distill a draft, search self-draft levels, calibrate, "

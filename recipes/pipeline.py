@@ -24,6 +24,7 @@ import torch
 import drafttrain.pipeline
 from drafttrain.bundle.identity import combined_sha256, target_identity
 from drafttrain.calibration.latency import hardware_fingerprint
+from drafttrain.evaluation.methods import DTYPES
 from drafttrain.io import file_sha256, write_atomically
 from drafttrain.pipeline.cache import StageRecord, run_cached, stage_key
 from drafttrain.pipeline.config import PipelineConfig
@@ -127,7 +128,8 @@ def main(config: PipelineConfig) -> int:
     upstream = {record.stage: record.key for record in records}
 
     # 5. calibration on this hardware, 6. the bundle, 7. its evaluation beside the peers
-    hardware = hardware_fingerprint("cpu", torch.float32)
+    measured_on = config.calibrate.build("calibrate")
+    hardware = hardware_fingerprint(measured_on.device, DTYPES[measured_on.dtype])
     calibrated = stage(config, "calibrate", {**on_target, "prompts": str(calibration), "eval_prompts": str(evaluation),
                                              "drafts": [str(path) for path in drafts], "levels": str(levels) if levels
                                              else None, "wandb": config.wandb},

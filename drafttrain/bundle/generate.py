@@ -17,8 +17,7 @@ from drafttrain.bundle.config import GenerateConfig
 from drafttrain.bundle.load import load_bundle
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from drafttrain.evaluation.methods import DTYPES
 
 
 class TextStream:
