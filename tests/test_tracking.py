@@ -33,18 +33,32 @@ def only_run_dir(out: Path) -> Path:
     return runs[0]
 
 
-def test_offline_run_records_config_summary_files_and_artifact(tmp_path, no_wandb_env):
+def run_python(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter that imports this checkout, with no WANDB_MODE set."""
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_MODE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=cwd,
+                          env=env)
+
+
+def test_offline_run_records_config_summary_files_and_artifact(tmp_path):
+    # wandb's service writes the record log asynchronously: `finish()` returns before it is flushed,
+    # and it is complete once the process has exited (wandb tears its service down at exit). So the
+    # run happens in its own process, as in a CLI command, and the test reads the log afterwards.
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "cascade.json").write_text("{}")
     (tmp_path / "report.md").write_text("# marker-report\n")
-    config = {"target": "marker-target", "storage": "postgresql://me:s3cret@db/study"}
     out = tmp_path / "out"
-    with tracked_run("calibrate", config, out) as run:
-        run.log_metrics({"speedup": 1.5})
-        run.log_summary({"marker_summary_key": 0.25})
-        run.log_files([tmp_path / "report.md", tmp_path / "missing.png"])
-        run.log_artifact(tmp_path / "bundle", "marker-bundle", "cascade-bundle")
+    script = ("from drafttrain.tracking import tracked_run\n"
+              "config = {'target': 'marker-target', 'storage': 'postgresql://me:s3cret@db/study'}\n"
+              f"with tracked_run('calibrate', config, {str(out)!r}) as run:\n"
+              "    run.log_metrics({'speedup': 1.5})\n"
+              "    run.log_summary({'marker_summary_key': 0.25})\n"
+              "    run.log_files(['report.md', 'missing.png'])\n"
+              "    run.log_artifact('bundle', 'marker-bundle', 'cascade-bundle')\n")
+    done = run_python(script, tmp_path)
     run_dir = only_run_dir(out)
+    assert f"wandb sync {run_dir}" in done.stdout
     records = next(run_dir.glob("run-*.wandb")).read_bytes()
     for text in (b"marker-target", b"calibrate", b"marker_summary_key", b"speedup", b"marker-bundle",
                  b"cascade-bundle", b"cascade.json", b"report.md"):
@@ -76,9 +90,7 @@ def test_disabled_mode_writes_nothing_and_never_imports_wandb(tmp_path):
               "    run.log_metrics({'x': 1}); run.log_summary({'y': 2}); run.log_files(['report.md'])\n"
               "    run.log_artifact('levels.json', 'levels', 'levels')\n"
               "print('wandb' in sys.modules)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path,
-                          env=env)
+    done = run_python(script, tmp_path)
     assert done.stdout.strip() == "False"
     assert list(tmp_path.iterdir()) == []
 
