@@ -208,8 +208,10 @@ def _levels(context: EvalContext):
 class OracleMethod:
     """The hindsight bound (`drafttrain.scheduling.oracle`): decodes with `ar`, then schedules that
     output over the cascade's levels with the latency profile's costs. Its seconds are the measured
-    prefill plus the oracle schedule's predicted decode time, with the per-step overhead the engine
-    showed on this very `ar` run (measured minus predicted, per token) added to every step."""
+    prefill plus the oracle schedule's predicted decode time, with the profile fitted to this very
+    `ar` run (`fit_profile_to_run`): the per-step overhead the engine showed (measured minus
+    predicted, per token) added to every step, or, where this run was faster than the profile
+    predicts, every cost scaled down to it."""
 
     def __init__(self, context: EvalContext, max_depth: int = 16) -> None:
         self.decoder, self.target = context.decoder, context.target
@@ -220,6 +222,7 @@ class OracleMethod:
     def run(self, prompt_ids: list[int], seed: int) -> MethodOutput:
         from drafttrain.scheduling.oracle import (
             autoregressive_seconds,
+            fit_profile_to_run,
             hindsight_runs,
             hindsight_schedule,
             profile_costs,
@@ -233,7 +236,11 @@ class OracleMethod:
                              if getattr(drafter, "drafts_in_one_call", False))
         costs_at = profile_costs(self.latency, list(self.drafters), len(prompt_ids), self.max_depth, one_call)
         measured = stats.total_seconds - stats.prefill_seconds
-        overhead = max(0.0, (measured - autoregressive_seconds(costs_at, len(tokens), 0.0)) / max(len(tokens), 1))
+        scale, overhead = fit_profile_to_run(autoregressive_seconds(costs_at, len(tokens), 0.0), measured,
+                                             len(tokens))
+        if scale != 1.0:
+            costs_at = profile_costs(self.latency, list(self.drafters), len(prompt_ids), self.max_depth, one_call,
+                                     scale)
         schedule = hindsight_schedule(runs, costs_at, overhead, self.max_depth)
         bound = RunStats(new_tokens=len(tokens), target_forwards=schedule.steps, prefill_forwards=stats.prefill_forwards,
                          drafted=dict(schedule.drafted), accepted=dict(schedule.drafted),

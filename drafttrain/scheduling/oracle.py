@@ -151,21 +151,37 @@ def autoregressive_seconds(costs_at: Callable[[int], StepCosts], total: int, ove
 
 
 def profile_costs(latency, levels: list[str], prompt_length: int, max_depth: int,
-                  one_call: frozenset[str] = frozenset({"ngram"})) -> Callable[[int], StepCosts]:
-    """`costs_at(t)` from a `LatencyProfile`, at context length prompt_length + t; `one_call` names
-    the levels that draft a chain of any length in one call (`drafts_in_one_call`)."""
+                  one_call: frozenset[str] = frozenset({"ngram"}), scale: float = 1.0) -> Callable[[int], StepCosts]:
+    """`costs_at(t)` from a `LatencyProfile`, at context length prompt_length + t, every cost times
+    `scale`; `one_call` names the levels that draft a chain of any length in one call
+    (`drafts_in_one_call`)."""
     from drafttrain.calibration.latency import TARGET_LEVEL
 
     counts = np.arange(0, max(max_depth, 1) + 2)
 
     def costs_at(t: int) -> StepCosts:
         context_length = prompt_length + t
-        feed = {level: np.asarray(latency.models[level].predict(counts, context_length), dtype=np.float64)
+        feed = {level: scale * np.asarray(latency.models[level].predict(counts, context_length), dtype=np.float64)
                 for level in levels}
-        verify = np.asarray(latency.models[TARGET_LEVEL].predict(counts + 1, context_length), dtype=np.float64)
+        verify = scale * np.asarray(latency.models[TARGET_LEVEL].predict(counts + 1, context_length),
+                                    dtype=np.float64)
         return StepCosts(feed, verify, one_call)
 
     return costs_at
+
+
+def fit_profile_to_run(predicted_seconds: float, measured_seconds: float, tokens: int) -> tuple[float, float]:
+    """(scale, per-step overhead) that make the profile's plain decoding take the measured time.
+
+    Slower than predicted: the profile's costs stand and the difference is the engine's per-step
+    overhead (Python, sampling), spread over the tokens. Faster than predicted (the profile was taken
+    on a busier or slower machine): every cost is scaled down by measured / predicted and there is no
+    overhead, so that the bound is not priced at the slower machine's costs."""
+    if predicted_seconds <= 0 or tokens <= 0:
+        return 1.0, 0.0
+    if measured_seconds >= predicted_seconds:
+        return 1.0, (measured_seconds - predicted_seconds) / tokens
+    return measured_seconds / predicted_seconds, 0.0
 
 
 def hindsight_runs(drafters: dict, target: Transformer, ids: torch.Tensor, prompt_length: int,

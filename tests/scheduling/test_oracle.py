@@ -16,11 +16,14 @@ from drafttrain.runtime.views import SelfDraftView
 from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
 from drafttrain.scheduling.oracle import (
     StepCosts,
+    autoregressive_seconds,
     best_expected_chain,
     correct_runs,
     expected_rate,
+    fit_profile_to_run,
     hindsight_runs,
     hindsight_schedule,
+    profile_costs,
 )
 
 GREEDY = SamplingParams(0.0)
@@ -70,6 +73,22 @@ def test_hindsight_schedule_is_the_brute_force_optimum(seed):
     assert schedule.seconds == pytest.approx(brute_force_seconds(runs, costs, 0.02, 4))
     assert schedule.tokens == 9 and 1 <= schedule.steps <= 9
     assert sum(schedule.drafted.values()) == 9 - schedule.steps  # every drafted token was correct
+
+
+def test_the_profile_is_fitted_to_the_measured_ar_run_both_ways():
+    """Slower than predicted: the difference is per-token overhead; faster: every cost scales down.
+    Either way the fitted profile's plain decoding takes exactly the measured time."""
+    assert fit_profile_to_run(2.0, 2.5, 100) == (1.0, 0.005)
+    scale, overhead = fit_profile_to_run(2.0, 1.5, 100)
+    assert scale == 0.75 and overhead == 0.0
+    latency = profile({"target": (0.01, 0.002), "ngram": (0.0005, 0.0)})
+    costs_at = profile_costs(latency, ["ngram"], prompt_length=10, max_depth=4)
+    predicted = autoregressive_seconds(costs_at, 50, 0.0)
+    for measured in (0.5 * predicted, 2.0 * predicted):
+        scale, overhead = fit_profile_to_run(predicted, measured, 50)
+        fitted = profile_costs(latency, ["ngram"], prompt_length=10, max_depth=4, scale=scale)
+        assert autoregressive_seconds(fitted, 50, overhead) == pytest.approx(measured)
+        assert fitted(3).feed["ngram"] == pytest.approx(scale * costs_at(3).feed["ngram"])
 
 
 def test_hindsight_schedule_without_any_correct_draft_is_autoregressive():
