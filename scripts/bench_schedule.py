@@ -8,11 +8,14 @@ and at temperature 0.7, and the lossy speculative cascades' quality/speed curve.
    oracle bound) and at temperature 0.7.
 3. `drafttrain eval` of speccascade-chow|diff|opt|token over alpha (greedy), for the curve.
 
-Needs the outputs of scripts/bench_distill.py (the draft), bench_search.py (levels.json) and
-bench_calibrate.py (predictors.json, latency.json, calibration prompts). Replaces this script's
-section of docs/benchmarks.md; plots go to docs/img/schedule/.
+Its inputs are either a cascade bundle (`--bundle`: the draft, levels, predictors and latency profile
+of one pipeline run, e.g. `drafttrain run pipeline --config configs/pycode/pipeline.yaml`, with that
+run's calibration prompts as `--tune-prompts-file`) or the outputs of scripts/bench_distill.py (the
+draft), bench_search.py (levels.json) and bench_calibrate.py (predictors.json, latency.json,
+calibration prompts). Replaces this script's section of docs/benchmarks.md; plots go to
+docs/img/schedule/.
 
-    python scripts/bench_schedule.py [--num-prompts 40] [--tune-prompts 6] [--threads 2]
+    python scripts/bench_schedule.py [--bundle DIR --tune-prompts-file FILE] [--num-prompts 40] [--threads 2]
 """
 
 from __future__ import annotations
@@ -146,6 +149,25 @@ def tuning_lines(tuned: dict) -> list[str]:
     return lines
 
 
+def bundle_inputs(bundle: Path) -> dict[str, Path]:
+    """The parts of a cascade bundle directory the evaluation reads (its single draft model)."""
+    drafts = sorted((bundle / "drafts").iterdir()) if (bundle / "drafts").is_dir() else []
+    if len(drafts) != 1:
+        raise SystemExit(f"{bundle}: expected one draft model under drafts/, found {len(drafts)}")
+    parts = {"draft": drafts[0], "levels": bundle / "levels.json", "predictors": bundle / "predictors.json",
+             "latency": bundle / "latency.json"}
+    missing = [str(path) for path in parts.values() if not path.exists()]
+    if missing:
+        raise SystemExit(f"{bundle} is not a complete bundle: missing {', '.join(missing)}")
+    return parts
+
+
+def calibrated_inputs(options: argparse.Namespace) -> dict[str, Path]:
+    calibrated = Path(options.calibrated)
+    return {"draft": Path(options.draft), "levels": Path(options.levels),
+            "predictors": calibrated / "run" / "predictors.json", "latency": calibrated / "run" / "latency.json"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=40)
@@ -156,21 +178,24 @@ def main() -> int:
     parser.add_argument("--draft", default="outputs/bench-distill/L1-ce-corpus/draft")
     parser.add_argument("--levels", default="outputs/bench-search/tpe/levels.json")
     parser.add_argument("--calibrated", default="outputs/bench-calibrate")
+    parser.add_argument("--bundle", type=Path, help="take the draft, levels, predictors and latency from this "
+                        "bundle directory instead of --draft, --levels and --calibrated")
+    parser.add_argument("--tune-prompts-file", type=Path, help="calibration prompts to tune the baselines on "
+                        "(default: calibration.jsonl of --calibrated); never the evaluation prompts")
     options = parser.parse_args()
     os.chdir(REPO)
     torch.set_num_threads(options.threads)
     started = time.perf_counter()
-    levels = json.loads(Path(options.levels).read_text())["levels"]
-    calibrated = Path(options.calibrated)
-    base = {"target": REFERENCE / "pycode-12L", "draft": Path(options.draft), "levels": Path(options.levels),
-            "predictors": calibrated / "run" / "predictors.json", "latency": calibrated / "run" / "latency.json",
-            "threads": options.threads}
+    inputs = bundle_inputs(options.bundle) if options.bundle else calibrated_inputs(options)
+    tune_prompts = options.tune_prompts_file or Path(options.calibrated) / "calibration.jsonl"
+    levels = json.loads(inputs["levels"].read_text())["levels"]
+    base = {"target": REFERENCE / "pycode-12L", **inputs, "threads": options.threads}
     common = ["--target", str(base["target"]), "--prompts", str(REFERENCE / "prompts-dev.jsonl"), "--draft",
-              options.draft, "--levels", options.levels, "--predictors", str(base["predictors"]), "--latency",
-              str(base["latency"]), "--max-new-tokens", "128", "--threads", str(options.threads)]
+              str(base["draft"]), "--levels", str(base["levels"]), "--predictors", str(base["predictors"]),
+              "--latency", str(base["latency"]), "--max-new-tokens", "128", "--threads", str(options.threads)]
     reports, tuned, commands = {}, {}, []
     for mode, temperature in (("greedy", 0.0), ("t0.7", 0.7)):
-        tuned[mode] = tune(base, temperature, calibrated / "calibration.jsonl", options.tune_prompts, levels)
+        tuned[mode] = tune(base, temperature, tune_prompts, options.tune_prompts, levels)
         settings = {}
         for entry in tuned[mode].values():
             settings.update(entry["best"])
