@@ -4,10 +4,12 @@ A `SelfDraftView` is switched on per forward call. Skipped attention and MLP sub
 out of the residual stream; `act_quant` fake-quantizes the activations entering a layer's linear
 projections to int8 or int4 (symmetric, one scale per token) and dequantizes them again.
 
-Where quantization saves time: nowhere yet. The fake quantization here measures the accuracy
-(acceptance) of a quantized level on any device, but it adds work, so on CPU and on CUDA a
-quantized view is slower than the unquantized one with the same skips; the real int8 matmul path
-for CUDA is a later piece of work. Layer skipping saves time on every device.
+Where quantization saves time: on CUDA, an int8 layer runs W8A8 through the Triton int8 GEMM of
+`drafttrain.kernels.int8_linear` (weights quantized per output channel as well, so its acceptance
+must be calibrated there; the GPU figures are still to be measured). Elsewhere, and for int4, the
+fake quantization here measures the accuracy (acceptance) of a quantized level on any device but
+adds work, so a quantized view is slower than the unquantized one with the same skips. Layer
+skipping saves time on every device.
 """
 
 from __future__ import annotations
