@@ -14,8 +14,8 @@ against the target's alone; without one (or with alpha = 0) decoding is exact.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -67,13 +67,30 @@ class GenerationResult:
     stats: RunStats
 
 
-class SpeculativeDecoder:
-    """Decodes with a runtime `Transformer` target and any `Drafter` (or none: autoregressive)."""
+VERIFY_MODES = ("eager", "static", "cuda-graphs")
 
-    def __init__(self, target: Transformer, tokenizer=None) -> None:
+
+class SpeculativeDecoder:
+    """Decodes with a runtime `Transformer` target and any `Drafter` (or none: autoregressive).
+
+    verify: how the target's verify forward runs. "eager" (the default) sizes it to the step;
+    "static" pads it to a size bucket with a whole-cache mask (`drafttrain.runtime.static`);
+    "cuda-graphs" replays that fixed-shape forward from a CUDA graph per bucket (CUDA only). All
+    three give the same tokens.
+    """
+
+    def __init__(self, target: Transformer, tokenizer=None, verify: str = "eager") -> None:
+        if verify not in VERIFY_MODES:
+            raise DrafttrainError(f"verify={verify!r} is invalid: use one of {', '.join(VERIFY_MODES)}")
+        if verify == "cuda-graphs":
+            from drafttrain.runtime.graphs import require_cuda
+
+            require_cuda("verify='cuda-graphs'", target.device)
         self.target = target
         self.tokenizer = tokenizer
+        self.verify = verify
         self.cache: KVCache | None = None
+        self.verifier = None  # the fixed-shape verifier of the current cache (static and cuda-graphs)
 
     def check_length(self, prompt_len: int, max_new_tokens: int, drafter: Drafter | None = None) -> None:
         """A clear error, before any work, when the sequence cannot fit the model's window."""
@@ -93,10 +110,23 @@ class SpeculativeDecoder:
                     "shorten the prompt or lower max_new_tokens")
 
     def _prepare_cache(self, needed: int) -> KVCache:
+        if self.verify != "eager":
+            from drafttrain.runtime.static import BUCKETS
+
+            needed += BUCKETS[-1]  # a padded step writes up to a whole bucket past the committed length
         if self.cache is None or self.cache.max_len < needed:
             self.cache = self.target.new_cache(needed)
+            self.verifier = self._new_verifier(self.cache)
         self.cache.reset()
         return self.cache
+
+    def _new_verifier(self, cache: KVCache):
+        if self.verify == "eager":
+            return None
+        from drafttrain.runtime.graphs import GraphedVerifier
+        from drafttrain.runtime.static import StaticVerifier
+
+        return (GraphedVerifier if self.verify == "cuda-graphs" else StaticVerifier)(self.target, cache)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,
@@ -172,7 +202,11 @@ class SpeculativeDecoder:
         With `deferral`, each row's target distribution is replaced by the rule's blend pi with the
         draft distribution there (see `drafttrain.decoding.deferral`) before verification."""
         start = cache.length
-        if len(tree) == 0:
+        if self.verifier is not None:
+            tokens = torch.cat((root[None], tree.tokens))
+            local = tree_mask(0, tree.parents, "cpu")
+            logits = self.verifier(tokens, tree_positions(start, depths, root.device), start, local)
+        elif len(tree) == 0:
             logits = self.target(root[None], torch.tensor([start], device=root.device), cache, start)
         else:
             tokens = torch.cat((root[None], tree.tokens))

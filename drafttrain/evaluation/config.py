@@ -62,6 +62,9 @@ class EvalConfig:
     stop_strings: list[str] = _help("stop generation at any of these strings", default_factory=list)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")
     device: str = _help("torch device: cpu, cuda, cuda:1, ...", default="cpu")
+    verify: Literal["eager", "static", "cuda-graphs"] = _help(
+        "how our engine runs the target's verify forward: eager (sized to each step), static (padded to size "
+        "buckets) or cuda-graphs (those buckets captured as CUDA graphs; CUDA only)", default="eager")
     threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
     warmup: bool = _help("run every method once on the first prompt before measuring", default=True)
     wandb: Literal["offline", "online", "disabled"] = _help("wandb logging of the report", default="offline")
@@ -83,6 +86,9 @@ class EvalConfig:
             if len(values) != size or any(v < 0 for v in values) or values[0] <= 0:
                 raise DrafttrainError(f"{name}={values} is invalid: give {size} non-negative integers, the first "
                                       "positive (see `drafttrain eval --help`)")
+        if self.verify == "cuda-graphs" and not self.device.startswith("cuda"):
+            raise DrafttrainError(f"verify=cuda-graphs needs a CUDA device, but device={self.device!r}: set "
+                                  "device=cuda, or use verify=eager or verify=static")
         if any(not 0.0 <= alpha <= 1.0 for alpha in self.alphas) or not self.alphas:
             raise DrafttrainError(f"alphas={self.alphas} is invalid: give one or more values in [0, 1]")
         for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens", "k_heuristic",

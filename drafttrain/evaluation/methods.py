@@ -75,7 +75,7 @@ class EvalContext:
 
     @cached_property
     def decoder(self) -> SpeculativeDecoder:
-        return SpeculativeDecoder(self.target, self.tokenizer)
+        return SpeculativeDecoder(self.target, self.tokenizer, self.config.verify)
 
     @cached_property
     def hf_target(self):

@@ -33,6 +33,15 @@ class KVCache:
         """Keys and values of slots 0 .. end - 1, [kv_heads, end, head_dim] views."""
         return self.k[layer, :, :end], self.v[layer, :, :end]
 
+    def write_slots(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [kv_heads, n, head_dim] at the slots a tensor names (no host sync: CUDA-graph safe)."""
+        self.k[layer].index_copy_(1, slots, k)
+        self.v[layer].index_copy_(1, slots, v)
+
+    def read_all(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every slot, [kv_heads, max_len, head_dim] (fixed shapes, for static forwards)."""
+        return self.k[layer], self.v[layer]
+
     def keep_path(self, start: int, path_slots: list[int]) -> None:
         """Move the entries at `path_slots` (in order) to start, start + 1, ... for all layers."""
         if path_slots == list(range(start, start + len(path_slots))):

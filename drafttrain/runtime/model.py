@@ -14,8 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drafttrain.kernels.launch import kernels_enabled
+from drafttrain.kernels.tree_attention import tree_attention
 from drafttrain.runtime.cache import KVCache
-from drafttrain.runtime.rope import RopeScaling, apply_rope, inverse_frequencies, rope_tables
+from drafttrain.runtime.rope import (
+    RopeScaling,
+    apply_rope,
+    inverse_frequencies,
+    rope_tables,
+)
 from drafttrain.runtime.views import SelfDraftView, fake_quant
 
 
@@ -59,7 +66,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tensor:
-    """The layer's projection called functionally (no module-call overhead on the decode path)."""
+    """The layer's projection called functionally (no module-call overhead on the decode path).
+
+    An int8-quantized view on CUDA runs W8A8 through the Triton int8 GEMM (`drafttrain.kernels`), with
+    the weight quantized per output channel once and kept on the layer; elsewhere the activations are
+    fake-quantized and the weight stays in floating point."""
+    if quant == "int8" and kernels_enabled(x.device):
+        from drafttrain.kernels.int8_linear import int8_linear, quantize_weight
+
+        quantized = getattr(layer, "int8_weight", None)
+        if quantized is None or quantized[0].device != x.device:
+            quantized = layer.int8_weight = quantize_weight(layer.weight.detach())
+        return int8_linear(x.reshape(-1, x.shape[-1]), *quantized, layer.bias).view(*x.shape[:-1], -1)
     return F.linear(fake_quant(x, quant) if quant else x, layer.weight, layer.bias)
 
 
@@ -72,13 +90,23 @@ class Attention(nn.Module):
         self.wo = nn.Linear(q_size, args.hidden_size, bias=args.o_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-                layer: int, start: int, mask: torch.Tensor | None, quant: str | None) -> torch.Tensor:
+                layer: int, start: int | torch.Tensor, mask: torch.Tensor | None, quant: str | None) -> torch.Tensor:
         n = x.shape[0]
         qkv = _linear(x, self.wqkv, quant).view(n, -1, self.head_dim)
         qk = apply_rope(qkv[:, :self.num_heads + self.num_kv_heads], cos, sin)  # one rotation for q and k
         q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
-        cache.write(layer, start, k.transpose(0, 1), qkv[:, self.num_heads + self.num_kv_heads:].transpose(0, 1))
-        keys, values = cache.read(layer, start + n)
+        new_values = qkv[:, self.num_heads + self.num_kv_heads:].transpose(0, 1)
+        fixed = isinstance(start, torch.Tensor)
+        if fixed:  # fixed shapes: slots as a tensor, attend over the whole cache
+            cache.write_slots(layer, start, k.transpose(0, 1), new_values)
+            keys, values = cache.read_all(layer)
+        else:
+            cache.write(layer, start, k.transpose(0, 1), new_values)
+            keys, values = cache.read(layer, start + n)
+        if mask is not None and not fixed and kernels_enabled(x.device):
+            # a draft level's tree hides earlier tree slots too: the kernel reads the whole mask
+            out = tree_attention(q.transpose(0, 1), keys, values, 0, mask)
+            return _linear(out.transpose(0, 1).reshape(n, -1), self.wo, quant)
         causal_from_zero = mask is None and n > 1
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], keys[None], values[None],
@@ -141,17 +169,22 @@ class Transformer(nn.Module):
         return KVCache(args.num_layers, args.num_kv_heads, args.max_position_embeddings if max_len is None else max_len,
                        args.head_dim, self.dtype, self.device)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int | torch.Tensor,
                 mask: torch.Tensor | None = None, view: SelfDraftView | None = None,
                 logits_rows: slice | torch.Tensor | None = slice(None)) -> torch.Tensor | None:
         """Run `tokens` [n], writing their keys/values at cache slots start .. start + n - 1.
 
         positions: [n] RoPE positions. mask: [n, start + n] bool of the slots each token may see;
         None means causal over slots 0 .. start + n - 1 (n == 1, or a prefill from slot 0).
+        Fixed shapes (`drafttrain.runtime.static`): `start` is a tensor of the n slots to write and
+        `mask` is [n, cache.max_len]; nothing then depends on host values (CUDA graphs can capture it).
         Returns float32 logits [rows, vocab] for `logits_rows` of the new tokens (None: no logits).
         """
-        if mask is None and tokens.shape[0] > 1 and start > 0:
+        fixed = isinstance(start, torch.Tensor)
+        if mask is None and tokens.shape[0] > 1 and (fixed or start > 0):
             raise ValueError("a multi-token forward after slot 0 needs an explicit mask")
+        if fixed and mask is None:
+            raise ValueError("a fixed-shape forward (slots as a tensor) needs a mask over the whole cache")
         cos = self.rope_cos[positions].to(self.dtype)[:, None, :]
         sin = self.rope_sin[positions].to(self.dtype)[:, None, :]
         x = F.embedding(tokens, self.embed.weight)
