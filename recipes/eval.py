@@ -26,10 +26,13 @@ def main(config: EvalConfig, command: str | None = None) -> dict:
     from drafttrain.evaluation.report import build_report, report_markdown, write_report
     from drafttrain.tracking import tracked_run
 
-    _, prompts, runs = run_methods(config, progress=sys.stderr.isatty())
+    context, prompts, runs = run_methods(config, progress=sys.stderr.isatty())
     command = command or shlex.join(sys.argv)
     report = build_report(config, device_name(config.device, config.threads), len(prompts), runs, command,
                           prompt_ids=[prompt.id for prompt in prompts])
+    verifier = context.decoder.verifier if "decoder" in vars(context) else None
+    if verifier is not None:  # compiling and graph capture of the target's forwards, not in any method's time
+        report["setup_seconds"] = verifier.setup_seconds
     write_report(report, config.out)
     write_plots(report, config.out)
     print(report_markdown(report))

@@ -76,21 +76,27 @@ class SpeculativeDecoder:
     verify: how the target's verify forward runs. "eager" (the default) sizes it to the step;
     "static" pads it to a size bucket with a whole-cache mask (`drafttrain.runtime.static`);
     "cuda-graphs" replays that fixed-shape forward from a CUDA graph per bucket (CUDA only). All
-    three give the same tokens.
+    three give the same tokens. compile: a `torch.compile` backend for the fixed-shape forwards
+    (e.g. "inductor"), or None; their first call per bucket (compiling, capturing) is counted in
+    `self.verifier.setup_seconds`, not in the decoding stats.
     """
 
-    def __init__(self, target: Transformer, tokenizer=None, verify: str = "eager") -> None:
+    def __init__(self, target: Transformer, tokenizer=None, verify: str = "eager", compile: str | None = None) -> None:
         if verify not in VERIFY_MODES:
             raise DrafttrainError(f"verify={verify!r} is invalid: use one of {', '.join(VERIFY_MODES)}")
+        if compile is not None and verify == "eager":
+            raise DrafttrainError(f"compile={compile!r} compiles the fixed-shape forwards: use it with verify='static' "
+                                  "or verify='cuda-graphs'")
         if verify == "cuda-graphs":
             from drafttrain.runtime.graphs import require_cuda
 
             require_cuda("verify='cuda-graphs'", target.device)
         self.target = target
         self.tokenizer = tokenizer
-        self.verify = verify
+        self.verify, self.compile = verify, compile
         self.cache: KVCache | None = None
-        self.verifier = None  # the fixed-shape verifier of the current cache (static and cuda-graphs)
+        self.verifier = None  # the fixed-shape forward over the current cache (static and cuda-graphs); self-draft
+        # levels, which share the cache, run their steps through it too
 
     def check_length(self, prompt_len: int, max_new_tokens: int, drafter: Drafter | None = None) -> None:
         """A clear error, before any work, when the sequence cannot fit the model's window."""
@@ -121,12 +127,7 @@ class SpeculativeDecoder:
         return self.cache
 
     def _new_verifier(self, cache: KVCache):
-        if self.verify == "eager":
-            return None
-        from drafttrain.runtime.graphs import GraphedVerifier
-        from drafttrain.runtime.static import StaticVerifier
-
-        return (GraphedVerifier if self.verify == "cuda-graphs" else StaticVerifier)(self.target, cache)
+        return fixed_shape_forward(self.verify, self.target, cache, self.compile)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,
@@ -204,8 +205,8 @@ class SpeculativeDecoder:
         start = cache.length
         if self.verifier is not None:
             tokens = torch.cat((root[None], tree.tokens))
-            local = tree_mask(0, tree.parents, "cpu")
-            logits = self.verifier(tokens, tree_positions(start, depths, root.device), start, local)
+            visible = tree_mask(start, tree.parents, "cpu")
+            logits = self.verifier(tokens, tree_positions(start, depths, root.device), start, visible)
         elif len(tree) == 0:
             logits = self.target(root[None], torch.tensor([start], device=root.device), cache, start)
         else:
@@ -249,3 +250,14 @@ def _sync_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def fixed_shape_forward(verify: str, model: Transformer, cache: KVCache, compile: str | None = None):
+    """The fixed-shape forward over `cache` that `verify` asks for ("static" or "cuda-graphs"), compiled
+    with the `compile` backend if given; None for "eager"."""
+    if verify == "eager":
+        return None
+    from drafttrain.runtime.graphs import GraphedForward
+    from drafttrain.runtime.static import StaticForward
+
+    return (GraphedForward if verify == "cuda-graphs" else StaticForward)(model, cache, compile=compile)

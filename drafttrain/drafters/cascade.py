@@ -47,7 +47,8 @@ def build_drafters(spec: CascadeSpec, decoder, tokenizer, dtype: torch.dtype = t
     vocab = decoder.target.args.vocab_size
     drafters: dict[str, Drafter] = {}
     for i, path in enumerate(spec.drafts):
-        drafter = ModelDrafter.from_pretrained(path, tokenizer, vocab, dtype, device)
+        drafter = ModelDrafter.from_pretrained(path, tokenizer, vocab, dtype, device, getattr(decoder, "verify", "eager"),
+                                               getattr(decoder, "compile", None))
         drafter.name = f"draft{i}"
         drafters[drafter.name] = drafter
     for i, view in enumerate(spec.views):

@@ -58,6 +58,17 @@ class _TransformerDrafter:
         """The model, its cache and how many context tokens that cache already holds."""
         raise NotImplementedError
 
+    def _fixed_shape(self):
+        """The fixed-shape forward (`drafttrain.runtime.static`) this level's steps run through, or None
+        to call the model directly (the default)."""
+
+    def _forward(self, model: Transformer, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor,
+                 start: int, mask: torch.Tensor | None, logits_rows: slice = slice(None)) -> torch.Tensor:
+        fixed = self._fixed_shape()
+        if fixed is None:
+            return model(tokens, positions, cache, start, mask, self.view, logits_rows=logits_rows)
+        return fixed(tokens, positions, start, mask, self.view)[logits_rows]
+
     def _vocab(self) -> int:
         return self._model_and_cache()[0].args.vocab_size
 
@@ -70,8 +81,8 @@ class _TransformerDrafter:
         n_ctx = len(context)
         feed = context[cached:]
         mask = causal_mask(cached, len(feed), context.device) if len(feed) > 1 and cached > 0 else None
-        logits = model(feed, torch.arange(cached, n_ctx, device=context.device), cache, cached, mask,
-                       self.view, logits_rows=slice(-1, None))
+        logits = self._forward(model, cache, feed, torch.arange(cached, n_ctx, device=context.device), cached, mask,
+                               slice(-1, None))
         tokens: list[int] = []
         parents: list[int] = []
         q_rows: list[torch.Tensor] = []
@@ -102,7 +113,7 @@ class _TransformerDrafter:
         mask = None if is_chain else tree_mask(self._start - 1, parents, device)[1 + first:1 + end]
         level_tokens = torch.tensor(tokens[first:end], dtype=torch.long, device=device)
         positions = torch.full((end - first,), position, dtype=torch.long, device=device)
-        return model(level_tokens, positions, cache, self._start + first, mask, self.view)
+        return self._forward(model, cache, level_tokens, positions, self._start + first, mask)
 
     def observe(self, tree: DraftTree, accepted: list[int]) -> None:
         pass
@@ -134,22 +145,39 @@ class SelfDrafter(_TransformerDrafter):
         cache = self.decoder.cache
         return self.decoder.target, cache, cache.length
 
+    def _fixed_shape(self):
+        return self.decoder.verifier  # over the decoder's cache, with this level's view per call
+
 
 class ModelDrafter(_TransformerDrafter):
     """A separate small model with its own cache; accepted draft tokens keep their cache entries."""
 
-    def __init__(self, model: Transformer, target_vocab: int, name: str = "draft") -> None:
+    def __init__(self, model: Transformer, target_vocab: int, name: str = "draft", verify: str = "eager",
+                 compile: str | None = None) -> None:
         super().__init__()
         self.model, self.name, self.target_vocab = model, name, target_vocab
         self.max_positions = model.args.max_position_embeddings
         self.cache = model.new_cache(0)
         self.cached = 0
+        self.verify, self.compile = verify, compile  # how its steps run, as the decoder's verify and compile
+        self._fixed = None  # the fixed-shape forward over the current cache
 
     @classmethod
     def from_pretrained(cls, path: str | Path, target_tokenizer, target_vocab: int,
-                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> ModelDrafter:
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                        verify: str = "eager", compile: str | None = None) -> ModelDrafter:
         check_same_tokenizer(load_tokenizer(path), target_tokenizer, str(path))
-        return cls(load_model(path, dtype, device), target_vocab, name=Path(path).name or "draft")
+        return cls(load_model(path, dtype, device), target_vocab, name=Path(path).name or "draft", verify=verify,
+                   compile=compile)
+
+    def _fixed_shape(self):
+        if self.verify == "eager":
+            return None
+        if self._fixed is None or self._fixed.cache is not self.cache:
+            from drafttrain.decoding.engine import fixed_shape_forward
+
+            self._fixed = fixed_shape_forward(self.verify, self.model, self.cache, self.compile)
+        return self._fixed
 
     def _model_and_cache(self) -> tuple[Transformer, KVCache, int]:
         return self.model, self.cache, self.cached
@@ -168,7 +196,12 @@ class ModelDrafter(_TransformerDrafter):
         return super().propose(context, shape, sampling, generator)
 
     def _ensure_capacity(self, slots: int) -> None:
-        """Grow the cache (keeping its entries) so a tree of any width fits past the context."""
+        """Grow the cache (keeping its entries) so a tree of any width fits past the context (and, for
+        fixed-shape steps, a whole padded bucket past any step)."""
+        if self.verify != "eager":
+            from drafttrain.runtime.static import BUCKETS
+
+            slots += BUCKETS[-1]
         if self.cache.max_len >= slots:
             return
         grown = self.model.new_cache(max(slots, 2 * self.cache.max_len))
@@ -218,7 +251,7 @@ class ModelDrafter(_TransformerDrafter):
         logits fitted to the target's vocabulary. Which entries are trusted (`cached`) is unchanged:
         a tree's nodes live in scratch slots until `keep_path` keeps an accepted path."""
         self._ensure_capacity(slot + len(tokens))
-        logits = self.model(tokens, positions, self.cache, slot, mask, logits_rows=logits_rows)
+        logits = self._forward(self.model, self.cache, tokens, positions, slot, mask, logits_rows)
         return _fit_vocab(logits, self.target_vocab)
 
     def rollback(self, length: int) -> None:

@@ -16,8 +16,7 @@ from drafttrain.scheduling.static_tree import StaticTreeDrafter
 def _levels(context: EvalContext) -> tuple[ModelDrafter, NgramDrafter]:
     """The draft model and the n-gram drafter below the target."""
     config = context.config
-    draft = ModelDrafter.from_pretrained(config.draft, context.tokenizer, context.target.args.vocab_size,
-                                         context.dtype, context.device)
+    draft = context.load_draft()
     table = BigramTable.load(config.ngram_table) if config.ngram_table else None
     return draft, NgramDrafter(bigram=table)
 

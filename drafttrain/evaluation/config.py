@@ -65,6 +65,9 @@ class EvalConfig:
     verify: Literal["eager", "static", "cuda-graphs"] = _help(
         "how our engine runs the target's verify forward: eager (sized to each step), static (padded to size "
         "buckets) or cuda-graphs (those buckets captured as CUDA graphs; CUDA only)", default="eager")
+    compile: str | None = _help("torch.compile backend for the fixed-shape forwards of verify=static|cuda-graphs "
+                                "(inductor; eager only traces); compiling is reported apart, as setup_seconds",
+                                default=None)
     threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
     warmup: bool = _help("run every method once on the first prompt before measuring", default=True)
     wandb: Literal["offline", "online", "disabled"] = _help("wandb logging of the report", default="offline")
@@ -86,6 +89,9 @@ class EvalConfig:
             if len(values) != size or any(v < 0 for v in values) or values[0] <= 0:
                 raise DrafttrainError(f"{name}={values} is invalid: give {size} non-negative integers, the first "
                                       "positive (see `drafttrain eval --help`)")
+        if self.compile is not None and self.verify == "eager":
+            raise DrafttrainError(f"compile={self.compile} compiles the fixed-shape forwards: set verify=static or "
+                                  "verify=cuda-graphs as well")
         if self.verify == "cuda-graphs" and not self.device.startswith("cuda"):
             raise DrafttrainError(f"verify=cuda-graphs needs a CUDA device, but device={self.device!r}: set "
                                   "device=cuda, or use verify=eager or verify=static")

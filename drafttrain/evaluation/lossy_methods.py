@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from drafttrain.decoding.deferral import RULES, DeferralRule
-from drafttrain.drafters import Drafter, ModelDrafter, TreeShape
+from drafttrain.drafters import Drafter, TreeShape
 from drafttrain.evaluation.methods import EngineMethod, EvalContext, Method, method
 
 RULE_ABOUT = {
@@ -46,8 +46,7 @@ class AlphaSweep:
 
     def __init__(self, context: EvalContext, method_name: str, rule: str) -> None:
         config = context.config
-        drafter = ModelDrafter.from_pretrained(config.draft, context.tokenizer, context.target.args.vocab_size,
-                                               context.dtype, context.device)
+        drafter = context.load_draft()
         shape = TreeShape.chain(config.k_cascade)
         self.runs: dict[str, Method] = {
             variant_name(method_name, alpha): CascadeMethod(context, drafter, shape, DeferralRule(rule, alpha))

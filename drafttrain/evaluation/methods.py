@@ -75,11 +75,16 @@ class EvalContext:
 
     @cached_property
     def decoder(self) -> SpeculativeDecoder:
-        return SpeculativeDecoder(self.target, self.tokenizer, self.config.verify)
+        return SpeculativeDecoder(self.target, self.tokenizer, self.config.verify, self.config.compile)
 
     @cached_property
     def hf_target(self):
         return _hf_model(self.config.target, self.dtype, self.device)
+
+    def load_draft(self) -> ModelDrafter:
+        """The draft model of `draft`, stepping the way `verify` says."""
+        return ModelDrafter.from_pretrained(self.config.draft, self.tokenizer, self.target.args.vocab_size,
+                                            self.dtype, self.device, self.config.verify, self.config.compile)
 
     def generation_config(self, shape: TreeShape | None) -> GenerationConfig:
         return GenerationConfig(self.config.max_new_tokens, self.sampling, shape, self.eos,
@@ -118,8 +123,7 @@ def _sd_ngram(context: EvalContext) -> Method:
 
 @method("sd-draft", "our engine with a separate draft model (--draft)", needs=("draft",))
 def _sd_draft(context: EvalContext) -> Method:
-    drafter = ModelDrafter.from_pretrained(context.config.draft, context.tokenizer, context.target.args.vocab_size,
-                                           context.dtype, context.device)
+    drafter = context.load_draft()
     return EngineMethod(context, drafter, context.model_shape(context.config.k_draft))
 
 
@@ -134,8 +138,7 @@ def _sd_self(context: EvalContext) -> Method:
 def _hf_heuristic(context: EvalContext) -> Method:
     from drafttrain.scheduling.heuristic import HeuristicKDrafter
 
-    drafter = ModelDrafter.from_pretrained(context.config.draft, context.tokenizer, context.target.args.vocab_size,
-                                           context.dtype, context.device)
+    drafter = context.load_draft()
     return EngineMethod(context, HeuristicKDrafter(drafter, context.config.k_heuristic), TreeShape.chain(32))
 
 

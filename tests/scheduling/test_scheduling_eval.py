@@ -40,3 +40,13 @@ def test_eval_runs_dytc_from_calibrated_predictors(tmp_path, tiny_target, tiny_d
     assert oracle["stats"]["drafted"] == oracle["stats"]["accepted"]
     drafted = report["methods"]["dytc"]["stats"]["drafted"]  # per level: the trees mix levels
     assert drafted and set(drafted) <= {"draft0", "self0", "self1", "ngram"} and sum(drafted.values()) > 0
+    # every level's steps and the target's verify padded to fixed shapes: the same drafts and tokens
+    static_out = tmp_path / "eval-static"
+    assert main(["eval", "--target", str(tiny_target), "--prompts", str(eval_prompts), "--methods",
+                 "ar,dytc,csd,tree", "--draft", str(tiny_draft), "--levels", str(levels), "--predictors",
+                 str(calibrated / "predictors.json"), "--latency", str(calibrated / "latency.json"),
+                 "--max-new-tokens", "24", "--out", str(static_out), "--threads", "1", "--verify", "static"]) == 0
+    static = json.loads((static_out / "report.json").read_text())["methods"]
+    assert all(static[name]["lossless"] for name in ("dytc", "csd", "tree"))
+    for key in ("drafted", "accepted"):
+        assert static["dytc"]["stats"][key] == report["methods"]["dytc"]["stats"][key]
