@@ -28,6 +28,7 @@ from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime.cache import KVCache, tree_mask, tree_positions
 from drafttrain.runtime.model import Transformer
+from drafttrain.runtime.static import fixed_shape_forward
 
 
 @dataclass(frozen=True)
@@ -250,14 +251,3 @@ def _sync_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def fixed_shape_forward(verify: str, model: Transformer, cache: KVCache, compile: str | None = None):
-    """The fixed-shape forward over `cache` that `verify` asks for ("static" or "cuda-graphs"), compiled
-    with the `compile` backend if given; None for "eager"."""
-    if verify == "eager":
-        return None
-    from drafttrain.runtime.graphs import GraphedForward
-    from drafttrain.runtime.static import StaticForward
-
-    return (GraphedForward if verify == "cuda-graphs" else StaticForward)(model, cache, compile=compile)

@@ -21,6 +21,7 @@ from drafttrain.errors import DrafttrainError
 from drafttrain.runtime.cache import KVCache, causal_mask, tree_mask
 from drafttrain.runtime.loader import load_model, load_tokenizer
 from drafttrain.runtime.model import Transformer
+from drafttrain.runtime.static import BUCKETS, fixed_shape_forward
 from drafttrain.runtime.views import SelfDraftView
 
 
@@ -174,8 +175,6 @@ class ModelDrafter(_TransformerDrafter):
         if self.verify == "eager":
             return None
         if self._fixed is None or self._fixed.cache is not self.cache:
-            from drafttrain.decoding.engine import fixed_shape_forward
-
             self._fixed = fixed_shape_forward(self.verify, self.model, self.cache, self.compile)
         return self._fixed
 
@@ -199,8 +198,6 @@ class ModelDrafter(_TransformerDrafter):
         """Grow the cache (keeping its entries) so a tree of any width fits past the context (and, for
         fixed-shape steps, a whole padded bucket past any step)."""
         if self.verify != "eager":
-            from drafttrain.runtime.static import BUCKETS
-
             slots += BUCKETS[-1]
         if self.cache.max_len >= slots:
             return

@@ -143,3 +143,13 @@ def compiled_static_forward(backend: str):
         if hasattr(config, limit):
             setattr(config, limit, max(getattr(config, limit), 64))
     return torch.compile(static_forward, backend=backend, dynamic=False)
+
+
+def fixed_shape_forward(verify: str, model: Transformer, cache: KVCache, compile: str | None = None):
+    """The fixed-shape forward over `cache` that `verify` asks for ("static" or "cuda-graphs"), compiled
+    with the `compile` backend if given; None for "eager"."""
+    if verify == "eager":
+        return None
+    from drafttrain.runtime.graphs import GraphedForward  # it builds on this module
+
+    return (GraphedForward if verify == "cuda-graphs" else StaticForward)(model, cache, compile=compile)
