@@ -28,7 +28,7 @@ from drafttrain.drafters.base import Drafter, DraftTree, TreeShape
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime.cache import KVCache, tree_mask, tree_positions
 from drafttrain.runtime.model import Transformer
-from drafttrain.runtime.static import fixed_shape_forward
+from drafttrain.runtime.static import BUCKETS, fixed_shape_forward
 
 
 @dataclass(frozen=True)
@@ -118,17 +118,12 @@ class SpeculativeDecoder:
 
     def _prepare_cache(self, needed: int) -> KVCache:
         if self.verify != "eager":
-            from drafttrain.runtime.static import BUCKETS
-
             needed += BUCKETS[-1]  # a padded step writes up to a whole bucket past the committed length
         if self.cache is None or self.cache.max_len < needed:
             self.cache = self.target.new_cache(needed)
-            self.verifier = self._new_verifier(self.cache)
+            self.verifier = fixed_shape_forward(self.verify, self.target, self.cache, self.compile)
         self.cache.reset()
         return self.cache
-
-    def _new_verifier(self, cache: KVCache):
-        return fixed_shape_forward(self.verify, self.target, cache, self.compile)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int] | torch.Tensor, drafter: Drafter | None = None,

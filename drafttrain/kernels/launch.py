@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -15,7 +16,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.cache
 def triton_installed() -> bool:
+    """Looked up once: the model asks on every CUDA attention call."""
     return importlib.util.find_spec("triton") is not None
 
 
