@@ -43,10 +43,41 @@ START, END = markers("bench_schedule")
 BASELINES = ["sd-draft", "sd-self", "sd-ngram", "vc", "hc", "csd", "tree", "hf-heuristic"]
 
 
-def candidates(levels: list[dict]) -> dict[str, list[dict]]:
-    """The settings tried for each baseline (hf-heuristic adapts k itself: its start is not tuned)."""
+DYTC_LEVEL_SETS = ([], ["ngram"], ["draft0", "ngram"])  # every level; the n-gram drafter; it and the draft
+DYTC_SIZES = ((16, 2.0), (32, 4.0), (64, 6.0))  # (max_depth, budget_factor): how deep and large a tree may grow
+
+
+def dytc_candidates(out: Path) -> list[dict]:
+    """DyTC's tuned settings, as scheduler.json files under `out`: which levels it schedules (a level
+    that does not pay on this hardware only costs exploration) and how large its trees may grow."""
+    from drafttrain.bundle.scheduler import SchedulerSpec
+    from drafttrain.scheduling.dytc import DyTCSettings
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = []
+    for level_set in DYTC_LEVEL_SETS:
+        for max_depth, budget_factor in DYTC_SIZES:
+            settings = DyTCSettings(max_depth=max_depth, budget_factor=budget_factor, levels=list(level_set))
+            path = out / f"{'-'.join(level_set) or 'all'}-d{max_depth}.json"
+            SchedulerSpec(dytc=settings).save(path)
+            options.append({"scheduler": str(path)})
+    return options
+
+
+def described(option: dict) -> dict:
+    """A candidate's settings for the tuning table: a scheduler file by its DyTC settings."""
+    if "scheduler" not in option:
+        return option
+    dytc = json.loads(Path(option["scheduler"]).read_text())["dytc"]
+    return {"levels": dytc["levels"] or "all", "max_depth": dytc["max_depth"], "budget_factor": dytc["budget_factor"]}
+
+
+def candidates(levels: list[dict], out: Path) -> dict[str, list[dict]]:
+    """The settings tried for each baseline and for DyTC (hf-heuristic adapts k itself: its start is not
+    tuned)."""
     specs = [json.dumps(level["spec"], separators=(",", ":")) for level in levels]
     return {
+        "dytc": dytc_candidates(out / "dytc-candidates"),
         "sd-draft": [{"k_draft": k} for k in (1, 2, 3, 4)],
         "sd-self": [{"self_spec": spec, "k_self": k} for spec in specs for k in (1, 2, 3)],
         "sd-ngram": [{"k_ngram": k} for k in (4, 8, 12, 16)],
@@ -58,8 +89,8 @@ def candidates(levels: list[dict]) -> dict[str, list[dict]]:
     }
 
 
-def tune(base: dict, temperature: float, prompts: Path, num_prompts: int, levels: list[dict]) -> dict:
-    """Best settings per baseline on the tuning prompts, with every candidate's speedup over ar."""
+def tune(base: dict, temperature: float, prompts: Path, num_prompts: int, levels: list[dict], out: Path) -> dict:
+    """Best settings per baseline and for DyTC on the tuning prompts, with every candidate's speedup over ar."""
     from drafttrain.evaluation.config import EvalConfig
     from drafttrain.evaluation.methods import METHODS, EvalContext
     from drafttrain.evaluation.prompts import load_prompts
@@ -67,7 +98,7 @@ def tune(base: dict, temperature: float, prompts: Path, num_prompts: int, levels
     config = EvalConfig(**{**base, "prompts": prompts, "temperature": temperature, "methods": ["ar"]})
     context = EvalContext(config)
     runners = {("ar", "{}"): METHODS["ar"].build(context)}
-    for name, options in candidates(levels).items():
+    for name, options in candidates(levels, out).items():
         for option in options:
             context.config = dataclasses.replace(config, **option)
             runners[(name, json.dumps(option))] = METHODS[name].build(context)
@@ -122,8 +153,10 @@ def methods_table(report: dict, baselines: list[str]) -> tuple[list[str], dict]:
     methods = report["methods"]
     best_name = max((name for name in baselines if name in methods), key=lambda n: methods[n]["tokens_per_s"])
     oracle = methods.get("oracle")
-    lines = ["| method | tokens/s | vs ar [95% CI] | vs best baseline | of oracle | tokens/forward | "
-             "acceptance per level | lossless |", "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+    lines = ["| method | tokens/s | vs ar [95% CI] | vs best baseline | decode tokens/s (vs best) | of oracle | "
+             "tokens/forward | acceptance per level | lossless |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    best_decode = methods[best_name]["tokens_per_s_decode"]
     for name, entry in methods.items():
         ci = entry["speedup_ci95"]
         vs_best = entry["tokens_per_s"] / methods[best_name]["tokens_per_s"]
@@ -131,21 +164,26 @@ def methods_table(report: dict, baselines: list[str]) -> tuple[list[str], dict]:
         tokens = "-" if entry["mean_accepted_tokens"] is None else f"{entry['mean_accepted_tokens']:.2f}"
         lossless = {True: "yes", False: "**NO**", None: "n/a (sampling)"}[entry["lossless"]]
         label = f"{name} (bound)" if name == "oracle" else name
+        decode = entry.get("tokens_per_s_decode")
+        decode_text = "-" if decode is None else f"{decode:.1f} ({decode / best_decode:.2f}x)"
         lines.append(f"| {label} | {entry['tokens_per_s']:.1f} | {entry['speedup_vs_ar']:.2f}x "
-                     f"[{ci[0]:.2f}-{ci[1]:.2f}] | {vs_best:.2f}x | {of_oracle} | {tokens} | "
+                     f"[{ci[0]:.2f}-{ci[1]:.2f}] | {vs_best:.2f}x | {decode_text} | "
+                     f"{of_oracle} | {tokens} | "
                      f"{level_acceptance(entry)} | {lossless} |")
     dytc = methods.get("dytc")
     summary = {"best_baseline": best_name,
                "dytc_vs_best": dytc["tokens_per_s"] / methods[best_name]["tokens_per_s"] if dytc else None,
+               "dytc_vs_best_decode": dytc["tokens_per_s_decode"] / best_decode if dytc else None,
                "dytc_of_oracle": dytc["speedup_vs_ar"] / oracle["speedup_vs_ar"] if dytc and oracle else None}
     return lines, summary
 
 
 def tuning_lines(tuned: dict) -> list[str]:
-    lines = ["| baseline | tuned settings | speedup vs ar on the tuning prompts | candidates |",
+    lines = ["| method | tuned settings | speedup vs ar on the tuning prompts | candidates |",
              "| --- | --- | ---: | ---: |"]
     for name, entry in tuned.items():
-        lines.append(f"| {name} | `{json.dumps(entry['best'])}` | {entry['best_speedup']:.2f}x | {len(entry['tried'])} |")
+        lines.append(f"| {name} | `{json.dumps(described(entry['best']))}` | {entry['best_speedup']:.2f}x | "
+                     f"{len(entry['tried'])} |")
     return lines
 
 
@@ -195,7 +233,7 @@ def main() -> int:
               "--latency", str(base["latency"]), "--max-new-tokens", "128", "--threads", str(options.threads)]
     reports, tuned, commands = {}, {}, []
     for mode, temperature in (("greedy", 0.0), ("t0.7", 0.7)):
-        tuned[mode] = tune(base, temperature, tune_prompts, options.tune_prompts, levels)
+        tuned[mode] = tune(base, temperature, tune_prompts, options.tune_prompts, levels, options.out / mode)
         settings = {}
         for entry in tuned[mode].values():
             settings.update(entry["best"])
@@ -237,13 +275,16 @@ def section(reports: dict, tuned: dict, commands: list[str], curve: Path, minute
              f"`python scripts/bench_schedule.py {shlex.join(argv)}` ({minutes:.0f} min in all), which ran:", "",
              "```", *commands, "```", "",
              f"Greedy, {reports['greedy']['prompts']} prompts of prompts-dev, 128 new tokens. Best baseline: "
-             f"`{greedy['best_baseline']}`; dytc is {greedy['dytc_vs_best']:.2f}x its tokens/s (goal >= 1.25x) and "
+             f"`{greedy['best_baseline']}`; dytc is {greedy['dytc_vs_best']:.2f}x its tokens/s (goal >= 1.25x; "
+             f"{greedy['dytc_vs_best_decode']:.2f}x with the prefill, the same for every method, left out) and "
              f"reaches {greedy['dytc_of_oracle']:.0%} of the oracle's speedup (goal >= 90%).", "",
              *greedy_table, "",
              f"Sampling at temperature 0.7 (no oracle: there is no single hindsight output). Best baseline: "
-             f"`{sampling['best_baseline']}`; dytc is {sampling['dytc_vs_best']:.2f}x its tokens/s.", "",
+             f"`{sampling['best_baseline']}`; dytc is {sampling['dytc_vs_best']:.2f}x its tokens/s "
+             f"({sampling['dytc_vs_best_decode']:.2f}x without the prefill).", "",
              *sampling_table, "",
-             "Baseline settings tuned on calibration prompts from the training text (greedy):", "",
+             ("Baseline and DyTC settings tuned on calibration prompts from the training text (greedy; DyTC's "
+              "candidates: which levels it schedules, and its trees' max_depth and budget_factor):"), "",
              *tuning_lines(tuned["greedy"]), "", "And at temperature 0.7:", "", *tuning_lines(tuned["t0.7"]), "",
              f"Lossy speculative cascades (greedy, {reports['lossy']['prompts']} prompts; the draft model drafts "
              "for every rule):", "", *lossy_table(reports["lossy"]), "",

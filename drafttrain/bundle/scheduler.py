@@ -41,7 +41,7 @@ class SchedulerSpec:
         if self.tree_capacity <= 0 or any(k <= 0 for k in self.k.values()):
             raise DrafttrainError("tree_capacity and every k must be positive integers")
         named = [self.name.removeprefix("sd-")] if self.name != "dytc" else []
-        odd = [level for level in named + list(self.k) if not LEVEL_NAME.fullmatch(level)]
+        odd = [level for level in named + list(self.k) + list(self.dytc.levels) if not LEVEL_NAME.fullmatch(level)]
         if odd:
             raise DrafttrainError(f"{odd} are not level names: levels are draft0, draft1, ..., self0, self1, ... "
                                   "and ngram")
@@ -49,7 +49,7 @@ class SchedulerSpec:
     def check_levels(self, levels: list[str]) -> None:
         """A clear error when the scheduler runs a level the cascade does not have (k may name levels
         a cascade lacks: a pipeline sets them before it knows how many levels the search finds)."""
-        named = [self.name.removeprefix("sd-")] if self.name != "dytc" else []
+        named = [self.name.removeprefix("sd-")] if self.name != "dytc" else list(self.dytc.levels)
         unknown = [level for level in named if level not in levels]
         if unknown:
             raise DrafttrainError(f"scheduler names level(s) {unknown} that the cascade does not have "
@@ -100,5 +100,5 @@ def build_scheduler(spec: SchedulerSpec, levels: dict[str, Drafter], predictors_
                               "`drafttrain run calibrate`")
     predictors = AcceptancePredictors.load(predictors_path)
     ema = AcceptanceEMA(predictors.ema_lambda, predictors.ema_window)
-    drafter = DyTCDrafter(levels, predictors.modes, latency, vocab_size, ema, spec.dytc)
+    drafter = DyTCDrafter(spec.dytc.scheduled(levels), predictors.modes, latency, vocab_size, ema, spec.dytc)
     return Scheduler(drafter, capacity_shape(spec.tree_capacity, spec.dytc.max_depth), levels)

@@ -208,6 +208,9 @@ def _levels(context: EvalContext):
     return LevelMethods(context)
 
 
+ORACLE_DEPTH = 16  # the oracle's chains are at least this deep, and as deep as DyTC's trees may grow
+
+
 class OracleMethod:
     """The hindsight bound (`drafttrain.scheduling.oracle`): decodes with `ar`, then schedules that
     output over the cascade's levels with the latency profile's costs. Its seconds are the measured
@@ -216,7 +219,7 @@ class OracleMethod:
     predicted, per token) added to every step, or, where this run was faster than the profile
     predicts, every cost scaled down to it."""
 
-    def __init__(self, context: EvalContext, max_depth: int = 16) -> None:
+    def __init__(self, context: EvalContext, max_depth: int = ORACLE_DEPTH) -> None:
         self.decoder, self.target = context.decoder, context.target
         self.config = context.generation_config(None)
         self.drafters, self.latency = cascade_drafters(context), load_latency(context)
@@ -244,7 +247,7 @@ class OracleMethod:
         if scale != 1.0:
             costs_at = profile_costs(self.latency, list(self.drafters), len(prompt_ids), self.max_depth, one_call,
                                      scale)
-        schedule = hindsight_schedule(runs, costs_at, overhead, self.max_depth)
+        schedule = hindsight_schedule(runs, costs_at, overhead, self.max_depth, self.max_depth)
         bound = RunStats(new_tokens=len(tokens), target_forwards=schedule.steps, prefill_forwards=stats.prefill_forwards,
                          drafted=dict(schedule.drafted), accepted=dict(schedule.drafted),
                          prefill_seconds=stats.prefill_seconds, verify_seconds=schedule.seconds,
@@ -260,7 +263,13 @@ def _oracle(context: EvalContext) -> Method:
     if not context.sampling.greedy:
         raise DrafttrainError("the oracle is defined for greedy decoding only: drop `oracle` from methods "
                               "when temperature > 0")
-    return OracleMethod(context)
+    return OracleMethod(context, oracle_depth(context))
+
+
+def oracle_depth(context: EvalContext) -> int:
+    """How deep the oracle's chains may go: at least `ORACLE_DEPTH`, and as deep as DyTC's trees may
+    grow under --scheduler (a shallower oracle would not bound DyTC)."""
+    return max(ORACLE_DEPTH, scheduler_spec(context).dytc.max_depth)
 
 
 class HFMethod:

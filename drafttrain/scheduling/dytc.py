@@ -67,10 +67,28 @@ class DyTCSettings:
     bottom: str = "ngram"  # the level credited by the a^k * a_bottom term of T (if present)
     choice: str = "rate"  # "rate": the expansion that most raises the step's expected rate; "cas-spec": T(S, k)
     siblings: bool = True
+    levels: list[str] = field(default_factory=list)  # the levels DyTC schedules (empty: every level of the cascade)
 
     def __post_init__(self) -> None:
         if self.choice not in ("rate", "cas-spec"):
             raise DrafttrainError(f"DyTC choice={self.choice!r} is invalid: use 'rate' or 'cas-spec'")
+        if self.max_depth < 1 or self.k_max < 1 or self.budget_factor <= 0:
+            raise DrafttrainError(f"DyTC max_depth={self.max_depth}, k_max={self.k_max} and budget_factor="
+                                  f"{self.budget_factor} must be positive")
+        if len(set(self.levels)) != len(self.levels):
+            raise DrafttrainError(f"DyTC levels={self.levels} names a level twice: list each level once")
+
+    def scheduled(self, levels: dict[str, Drafter]) -> dict[str, Drafter]:
+        """The levels of a cascade DyTC schedules: `levels` in the cascade's order, or all of them.
+        Which levels pay is a property of the hardware (a self-draft view can cost nearly a target
+        forward on a CPU), so a tuner may leave some out; naming one the cascade lacks is an error."""
+        if not self.levels:
+            return levels
+        missing = [name for name in self.levels if name not in levels]
+        if missing:
+            raise DrafttrainError(f"DyTC levels names {missing}, which the cascade does not have (it has "
+                                  f"{list(levels)}): fix `levels` in the scheduler settings")
+        return {name: drafter for name, drafter in levels.items() if name in self.levels}
 
 
 @dataclass

@@ -25,6 +25,7 @@ from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.drafters.base import TreeShape
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime import load_model, load_tokenizer
+from drafttrain.scheduling.dytc import DyTCSettings
 
 REPO = Path(__file__).parents[2]
 SPECS = [{"skip_attn": [], "skip_mlp": [1], "act_quant": {}}, {"skip_attn": [1], "skip_mlp": [1], "act_quant": {}}]
@@ -97,6 +98,26 @@ def test_sd_level_scheduler_builds_a_fixed_chain(tmp_path, calibrated, tiny_targ
                          tiny_target)
     scheduler = bundle.build_scheduler(SpeculativeDecoder(load_model(tiny_target), load_tokenizer(tiny_target)))
     assert scheduler.shape == TreeShape.chain(5) and scheduler.drafter.name == "ngram"
+
+
+def test_dytc_schedules_only_the_levels_its_settings_name(tmp_path, calibrated, tiny_target, tiny_draft):
+    spec = SchedulerSpec(dytc=DyTCSettings(levels=["ngram", "draft0"], max_depth=12))
+    bundle = load_bundle(export_bundle(parts(calibrated, tiny_target, tiny_draft, scheduler=spec), tmp_path / "b"),
+                         tiny_target)
+    assert bundle.scheduler.dytc.levels == ["ngram", "draft0"]
+    tokenizer = load_tokenizer(tiny_target)
+    decoder = SpeculativeDecoder(load_model(tiny_target), tokenizer)
+    scheduler = bundle.build_scheduler(decoder)
+    assert list(scheduler.drafter.levels) == ["draft0", "ngram"]  # the cascade's order
+    prompt = tokenizer(TINY_CORPUS[1]).input_ids
+    greedy = decoder.generate(prompt, None, GenerationConfig(max_new_tokens=20)).tokens
+    drafted = decoder.generate(prompt, scheduler.drafter, GenerationConfig(max_new_tokens=20, shape=scheduler.shape))
+    assert drafted.tokens == greedy and set(drafted.stats.drafted) <= {"draft0", "ngram"}
+    missing = SchedulerSpec(dytc=DyTCSettings(levels=["self5"]))
+    with pytest.raises(DrafttrainError, match=r"self5"):
+        missing.check_levels(bundle.level_names)
+    with pytest.raises(DrafttrainError, match="twice"):
+        DyTCSettings(levels=["ngram", "ngram"])
 
 
 def test_a_changed_file_is_refused(bundle_dir, tiny_target):

@@ -50,3 +50,25 @@ def test_eval_runs_dytc_from_calibrated_predictors(tmp_path, tiny_target, tiny_d
     assert all(static[name]["lossless"] for name in ("dytc", "csd", "tree"))
     for key in ("drafted", "accepted"):
         assert static["dytc"]["stats"][key] == report["methods"]["dytc"]["stats"][key]
+    # a tuned scheduler.json: DyTC over the n-gram drafter alone, deeper trees; the oracle goes as deep
+    scheduler = tmp_path / "scheduler.json"
+    scheduler.write_text(json.dumps({"name": "dytc", "dytc": {"levels": ["ngram"], "max_depth": 24}}))
+    tuned_out = tmp_path / "eval-tuned"
+    assert main(["eval", "--target", str(tiny_target), "--prompts", str(eval_prompts), "--methods", "ar,dytc,oracle",
+                 "--draft", str(tiny_draft), "--levels", str(levels), "--predictors", str(calibrated / "predictors.json"),
+                 "--latency", str(calibrated / "latency.json"), "--scheduler", str(scheduler), "--max-new-tokens", "24",
+                 "--out", str(tuned_out), "--threads", "1"]) == 0
+    tuned = json.loads((tuned_out / "report.json").read_text())["methods"]
+    assert tuned["dytc"]["lossless"] is True and set(tuned["dytc"]["stats"]["drafted"]) <= {"ngram"}
+    assert set(tuned["oracle"]["stats"]["drafted"]) <= {"draft0", "self0", "self1", "ngram"}
+
+
+def test_the_oracle_is_as_deep_as_the_scheduler_lets_dytc_grow(tmp_path):
+    from types import SimpleNamespace
+
+    from drafttrain.evaluation.methods import ORACLE_DEPTH, oracle_depth
+
+    scheduler = tmp_path / "scheduler.json"
+    scheduler.write_text(json.dumps({"dytc": {"max_depth": 40}}))
+    assert oracle_depth(SimpleNamespace(config=SimpleNamespace(scheduler=scheduler))) == 40
+    assert oracle_depth(SimpleNamespace(config=SimpleNamespace(scheduler=None))) == ORACLE_DEPTH
