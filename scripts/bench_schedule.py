@@ -1,9 +1,10 @@
 """Scheduling on the reference target: DyTC against tuned baselines and the hindsight oracle, greedy
 and at temperature 0.7, and the lossy speculative cascades' quality/speed curve.
 
-1. Tune every baseline's fixed settings (k, k-matrix, tree size) on calibration prompts from the
-   training text (never prompts-dev): each candidate runs interleaved with the others on the same
-   prompts in one process, and the one with the most tokens/s wins. Separately per mode.
+1. Tune every baseline's fixed settings (k, k-matrix, tree size) and DyTC's (which levels it schedules,
+   how deep and large its trees grow) on calibration prompts from the training text (never
+   prompts-dev): each candidate runs interleaved with the others on the same prompts in one process,
+   and the one with the most tokens/s wins. Separately per mode.
 2. `drafttrain eval` on prompts-dev with every method at its tuned settings, greedy (with the
    oracle bound) and at temperature 0.7.
 3. `drafttrain eval` of speccascade-chow|diff|opt|token over alpha (greedy), for the curve.
