@@ -2,8 +2,9 @@
 
     drafttrain run distill --config configs/tiny/distill.yaml target=DIR [key=value ...]
 
-The student is a new small Llama with the target's tokenizer, or an existing HF model (same
-tokenizer, checked) fine-tuned fully or through a LoRA adapter (peft). Its data is a mixture of
+The student is a new small Llama with the target's tokenizer, a copy of a few of the target's own
+layers (`student.from_target_layers`), or an existing HF model (same tokenizer, checked) fine-tuned
+fully or through a LoRA adapter (peft). Its data is a mixture of
 corpus text, target-generated continuations (generated once with drafttrain's runtime and cached)
 and on-policy continuations the student regenerates every N steps (DistillSpec); the loss is
 forward/reverse KL, JSD(beta), total variation or cross-entropy. Validation logs the loss,
@@ -33,18 +34,22 @@ from drafttrain.training.batches import batch_rows
 from drafttrain.training.config import DistillConfig, DistillData
 from drafttrain.training.module import CausalLMTraining, continuation_mask
 from drafttrain.training.run import PackedData, build_trainer, export_atomically, resume_from, write_run_record
+from drafttrain.training.student import student_from_target_layers
 from recipes.pretrain import new_llama
 
 CONFIG = DistillConfig
 
 
-def load_student(config: DistillConfig, target_tokenizer, target_model_config):
-    """A new small Llama with the target's vocabulary, or an existing model (optionally LoRA)."""
+def load_student(config: DistillConfig, target_tokenizer, teacher):
+    """A new small Llama with the target's vocabulary, a copy of some target layers, or an existing
+    model (optionally LoRA)."""
     student_config = config.student
+    if student_config.from_target_layers is not None:
+        return student_from_target_layers(teacher, student_config.from_target_layers)
     if student_config.path is None:
         shape = student_config.shape
-        shape.max_position_embeddings = target_model_config.max_position_embeddings
-        return new_llama(shape, target_model_config.vocab_size)
+        shape.max_position_embeddings = teacher.config.max_position_embeddings
+        return new_llama(shape, teacher.config.vocab_size)
     path = student_config.path.resolve()  # peft records it as the adapter's base
     check_same_tokenizer(load_tokenizer(path), target_tokenizer, str(path))
     student = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
@@ -113,7 +118,7 @@ def main(config: DistillConfig) -> None:
     packed = build_packed_corpus(config.corpus, tokenizer, config.trainer.seq_len, config.val_fraction,
                                  config.trainer.seed, config.cache_dir)
     # 3. the student and the training module
-    student = load_student(config, tokenizer, teacher.config)
+    student = load_student(config, tokenizer, teacher)
     module = CausalLMTraining(student, config.optim, config.trainer.max_steps, loss=config.loss, teacher=teacher,
                               beta=config.beta, temperature=config.temperature, top_k=config.top_k,
                               data=config.data, seed=config.trainer.seed,

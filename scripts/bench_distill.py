@@ -1,8 +1,10 @@
-"""Distillation on the reference target: cross-entropy on corpus text vs JSD on an on-policy mixture.
+"""Distillation on the reference target: how a draft starts, and what it is trained on.
 
-For drafts of 1 and 2 layers (hidden 256) and the same token budget, distill with (a) plain
-cross-entropy on corpus text and (b) JSD(0.5) on a mixture of corpus text, target samples and
-on-policy student samples (DistillSpec); then evaluate each draft with `drafttrain eval`
+For drafts of 1 and 2 layers (hidden 256) and the same token budget, distill from random weights
+with (a) plain cross-entropy on corpus text and (b) JSD(0.5) on a mixture of corpus text, target
+samples and on-policy student samples (DistillSpec); and drafts cut from the target's own layers
+(`student.from_target_layers`) with (c) cross-entropy and (d) forward KL on corpus text. Then
+evaluate each draft with `drafttrain eval`
 (sd-draft vs ar, greedy, 128 new tokens). Also times one training step in Lightning against a
 plain PyTorch loop on the same model and batch. Replaces this script's section of
 docs/benchmarks.md with the tables and the commands.
@@ -34,16 +36,30 @@ START, END = markers("bench_distill")
 # equal tokens per step for every data source: generated rows are prompt + continuation = seq_len + 1
 BUDGET = ["trainer.batch_size=8", "trainer.seq_len=128", "data.prompt_tokens=65", "data.generate_tokens=64",
           "data.generated_sequences=64", "logging.wandb=disabled", "trainer.val_batches=8"]
+CORPUS_ONLY = ["data.corpus=1.0", "data.target_generated=0.0", "data.on_policy=0.0"]
 RECIPES = {
-    "ce-corpus": ["loss=ce", "data.corpus=1.0", "data.target_generated=0.0", "data.on_policy=0.0"],
+    "ce-corpus": ["loss=ce", *CORPUS_ONLY],
+    "fkl-corpus": ["loss=fkl", *CORPUS_ONLY],
     "jsd-mixture": ["loss=jsd", "beta=0.5", "data.corpus=0.5", "data.target_generated=0.25",
                     "data.on_policy=0.25", "data.refresh_every=100"],
 }
 
 
-def distill_args(out: Path, layers: int, recipe: str, steps: int) -> list[str]:
+# (run name, how the draft is described, the student's settings, recipe)
+VARIANTS = [
+    ("L1-ce-corpus", "1 layer, random", ["student.shape.num_layers=1"], "ce-corpus"),
+    ("L1-jsd-mixture", "1 layer, random", ["student.shape.num_layers=1"], "jsd-mixture"),
+    ("L2-ce-corpus", "2 layers, random", ["student.shape.num_layers=2"], "ce-corpus"),
+    ("L2-jsd-mixture", "2 layers, random", ["student.shape.num_layers=2"], "jsd-mixture"),
+    ("T0-ce-corpus", "1 layer, the target's layer 0", ["student.from_target_layers=[0]"], "ce-corpus"),
+    ("T0-fkl-corpus", "1 layer, the target's layer 0", ["student.from_target_layers=[0]"], "fkl-corpus"),
+    ("T0-11-fkl-corpus", "2 layers, the target's 0 and 11", ["student.from_target_layers=[0,11]"], "fkl-corpus"),
+]
+
+
+def distill_args(out: Path, student: list[str], recipe: str, steps: int) -> list[str]:
     return ["run", "distill", "--config", "configs/pycode/distill.yaml", f"out={out}",
-            f"student.shape.num_layers={layers}", f"trainer.max_steps={steps}", f"trainer.val_every={max(steps // 3, 1)}",
+            *student, f"trainer.max_steps={steps}", f"trainer.val_every={max(steps // 3, 1)}",
             f"trainer.checkpoint_every={steps}", *BUDGET, *RECIPES[recipe]]
 
 
@@ -125,24 +141,23 @@ def main() -> int:
     os.chdir(REPO)
     torch.set_num_threads(os.cpu_count() or 1)
     rows, commands = [], []
-    for layers in (1, 2):
-        for recipe in RECIPES:
-            run_dir = options.out / f"L{layers}-{recipe}"
-            args = distill_args(run_dir, layers, recipe, options.steps)
-            if not (run_dir / "draft").is_dir() and drafttrain_main(args) != 0:
-                return 1
-            eval_dir = run_dir / "eval"
-            e_args = eval_args(run_dir / "draft", eval_dir, options.num_prompts)
-            if drafttrain_main(e_args) != 0:
-                return 1
-            report = json.loads((eval_dir / "report.json").read_text())["methods"]["sd-draft"]
-            rows.append({"layers": layers, "recipe": recipe,
-                         "expected_acceptance": final_metric(run_dir, "val/expected_acceptance"),
-                         "greedy_agreement": final_metric(run_dir, "val/greedy_agreement"),
-                         "acceptance_rate": report["acceptance_rate"], "mean_accepted": report["mean_accepted_tokens"],
-                         "speedup": report["speedup_vs_ar"], "ci": report["speedup_ci95"], "lossless": report["lossless"]})
-            commands += [f"drafttrain {shlex.join(args)}", f"drafttrain {shlex.join(e_args)}"]
-            (options.out / "rows.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
+    for name, draft, student, recipe in VARIANTS:
+        run_dir = options.out / name
+        args = distill_args(run_dir, student, recipe, options.steps)
+        if not (run_dir / "draft").is_dir() and drafttrain_main(args) != 0:
+            return 1
+        eval_dir = run_dir / "eval"
+        e_args = eval_args(run_dir / "draft", eval_dir, options.num_prompts)
+        if drafttrain_main(e_args) != 0:
+            return 1
+        report = json.loads((eval_dir / "report.json").read_text())["methods"]["sd-draft"]
+        rows.append({"draft": draft, "recipe": recipe,
+                     "expected_acceptance": final_metric(run_dir, "val/expected_acceptance"),
+                     "greedy_agreement": final_metric(run_dir, "val/greedy_agreement"),
+                     "acceptance_rate": report["acceptance_rate"], "mean_accepted": report["mean_accepted_tokens"],
+                     "speedup": report["speedup_vs_ar"], "ci": report["speedup_ci95"], "lossless": report["lossless"]})
+        commands += [f"drafttrain {shlex.join(args)}", f"drafttrain {shlex.join(e_args)}"]
+        (options.out / "rows.json").write_text(json.dumps(rows, indent=2))  # partial results survive a stop
     overhead = training_overhead()
     write_doc(rows, commands, overhead, options)
     print(json.dumps({"rows": rows, "overhead": overhead}, indent=2))
@@ -157,7 +172,7 @@ def write_doc(rows: list[dict], commands: list[str], overhead: dict, options) ->
              "tokens/forward | speedup vs ar [95% CI] | lossless |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for row in rows:
-        lines.append(f"| {row['layers']} layer | {row['recipe']} | {row['expected_acceptance']:.3f} | "
+        lines.append(f"| {row['draft']} | {row['recipe']} | {row['expected_acceptance']:.3f} | "
                      f"{row['greedy_agreement']:.3f} | {row['acceptance_rate']:.1%} | {row['mean_accepted']:.2f} | "
                      f"{row['speedup']:.2f}x [{row['ci'][0]:.2f}-{row['ci'][1]:.2f}] | {row['lossless']} |")
     lines += ["", f"Training throughput, same 1-layer student, teacher and batch ({overhead['tokens_per_step']} tokens "

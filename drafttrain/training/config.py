@@ -100,16 +100,32 @@ class LoraSettings:
 
 @dataclass
 class StudentConfig:
-    """A new small Llama (`shape`) or an existing HF model at `path`, fully or LoRA fine-tuned."""
+    """A new small Llama (`shape`), a copy of some of the target's layers (`from_target_layers`), or an
+    existing HF model at `path`, fully or LoRA fine-tuned.
+
+    `from_target_layers: [0, 11]` starts the student as the target with only those decoder layers
+    kept, in that order (embeddings, final norm and head copied too; `shape` is ignored): a draft
+    that starts where the target's own early and late layers are, not from random weights.
+    """
 
     path: Path | None = None
     shape: ModelShape = field(default_factory=ModelShape)
+    from_target_layers: list[int] | None = None
     lora: LoraSettings | None = None
 
     def __post_init__(self) -> None:
         if self.lora is not None and self.path is None:
             raise DrafttrainError("student.lora needs student.path (an existing model to adapt); "
                                   "a new student is trained fully")
+        layers = self.from_target_layers
+        if layers is None:
+            return
+        if self.path is not None:
+            raise DrafttrainError("student.from_target_layers and student.path are exclusive: set one "
+                                  "(a student copied from the target's layers, or an existing model)")
+        if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+            raise DrafttrainError(f"student.from_target_layers: {layers} must be distinct, non-negative "
+                                  "indices of the target's decoder layers, at least one")
 
 
 @dataclass

@@ -70,6 +70,17 @@ def test_distill_mixture_raises_expected_acceptance(pretrained, tmp_path):
     load_model(out / "draft")  # the runtime (and so ModelDrafter / eval --draft) loads it
 
 
+def test_distill_can_start_from_the_targets_own_layers(pretrained, tmp_path):
+    out = tmp_path / "cut"
+    assert _run("distill", out, tmp_path / "cache", f"target={pretrained / 'model'}", "student.from_target_layers=[0]",
+                "loss=ce", "data.corpus=1.0", "data.target_generated=0.0", "data.on_policy=0.0",
+                "trainer.max_steps=4", "trainer.val_every=4") == 0
+    draft = json.loads((out / "draft" / "config.json").read_text())
+    target = json.loads((pretrained / "model" / "config.json").read_text())
+    assert draft["num_hidden_layers"] == 1 and draft["hidden_size"] == target["hidden_size"]
+    load_model(out / "draft")
+
+
 class _Crash(Exception):
     pass
 
