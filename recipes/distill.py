@@ -4,12 +4,11 @@
 
 The student is a new small Llama with the target's tokenizer, a copy of a few of the target's own
 layers (`student.from_target_layers`), or an existing HF model (same tokenizer, checked) fine-tuned
-fully or through a LoRA adapter (peft). Its data is a mixture of
-corpus text, target-generated continuations (generated once with drafttrain's runtime and cached)
-and on-policy continuations the student regenerates every N steps (DistillSpec); the loss is
-forward/reverse KL, JSD(beta), total variation or cross-entropy. Validation logs the loss,
-greedy agreement and expected acceptance = 1 - mean TV(p_target, q_draft). The result is an HF
-directory (or a peft adapter plus its base) that `drafttrain eval --draft` loads.
+fully or through a LoRA adapter (peft). Its data is a mixture of corpus text, target-generated
+continuations (generated once with drafttrain's runtime and cached) and on-policy continuations the
+student regenerates every N steps (DistillSpec); the loss is forward/reverse KL, JSD(beta), total
+variation or cross-entropy. Validation logs the loss, greedy agreement and expected acceptance =
+1 - mean TV(p_target, q_draft). The result is an HF directory (or a peft adapter plus its base) that `drafttrain eval --draft` loads.
 """
 
 from __future__ import annotations

@@ -4,10 +4,9 @@ For drafts of 1 and 2 layers (hidden 256) and the same token budget, distill fro
 with (a) plain cross-entropy on corpus text and (b) JSD(0.5) on a mixture of corpus text, target
 samples and on-policy student samples (DistillSpec); and drafts cut from the target's own layers
 (`student.from_target_layers`) with (c) cross-entropy and (d) forward KL on corpus text. Then
-evaluate each draft with `drafttrain eval`
-(sd-draft vs ar, greedy, 128 new tokens). Also times one training step in Lightning against a
-plain PyTorch loop on the same model and batch. Replaces this script's section of
-docs/benchmarks.md with the tables and the commands.
+evaluate each draft with `drafttrain eval` (sd-draft vs ar, greedy, 128 new tokens). Also times one
+training step in Lightning against a plain PyTorch loop on the same model and batch. Replaces this
+script's section of docs/benchmarks.md with the tables and the commands.
 
     python scripts/bench_distill.py [--steps 1000] [--num-prompts 20] [--out outputs/bench-distill]
 """

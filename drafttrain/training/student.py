@@ -39,8 +39,8 @@ def student_from_target_layers(target: PreTrainedModel, layers: list[int]) -> Pr
     if getattr(config, "layer_types", None) is not None:  # per-layer attention kinds follow their layers
         config.layer_types = [config.layer_types[index] for index in layers]
     student = AutoModelForCausalLM.from_config(config)
-    state = layer_subset_state({key: value.detach().clone() for key, value in target.state_dict().items()}, layers)
-    missing, unexpected = student.load_state_dict(state, strict=False)
+    # load_state_dict copies into the student's own parameters: training it leaves the target alone
+    missing, unexpected = student.load_state_dict(layer_subset_state(target.state_dict(), layers), strict=False)
     missing = [key for key in missing if not (key == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise DrafttrainError(f"student.from_target_layers: the target's weights do not map onto a "
