@@ -8,7 +8,8 @@ fully or through a LoRA adapter (peft). Its data is a mixture of corpus text, ta
 continuations (generated once with drafttrain's runtime and cached) and on-policy continuations the
 student regenerates every N steps (DistillSpec); the loss is forward/reverse KL, JSD(beta), total
 variation or cross-entropy. Validation logs the loss, greedy agreement and expected acceptance =
-1 - mean TV(p_target, q_draft). The result is an HF directory (or a peft adapter plus its base) that `drafttrain eval --draft` loads.
+1 - mean TV(p_target, q_draft). The result is an HF directory (or a peft adapter plus its base)
+that `drafttrain eval --draft` loads.
 """
 
 from __future__ import annotations
