@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from rich.progress import track
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -81,7 +82,8 @@ def target_generated(config: DistillConfig, packed_train: torch.Tensor, cache_di
     decoder = SpeculativeDecoder(load_model(config.target))
     sampling = SamplingParams(temperature=data.temperature) if data.temperature > 0 else SamplingParams()
     sequences = []
-    for index, prefix in enumerate(prefixes(packed_train, data, config.trainer.seed, step=0)):
+    rows = prefixes(packed_train, data, config.trainer.seed, step=0)
+    for index, prefix in enumerate(track(rows, description="target-generated continuations", transient=True)):
         generation = GenerationConfig(data.generate_tokens, sampling, seed=config.trainer.seed + index)
         tokens = decoder.generate(prefix, None, generation).tokens
         tokens += [0] * (data.generate_tokens - len(tokens))  # an early EOS pads with EOS (id 0)

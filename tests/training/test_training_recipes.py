@@ -81,6 +81,31 @@ def test_distill_can_start_from_the_targets_own_layers(pretrained, tmp_path):
     load_model(out / "draft")
 
 
+def test_greedy_target_generated_text_is_the_targets_own_greedy_output(pretrained, tmp_path):
+    """data.temperature=0: each cached continuation is the target's argmax, token by token (through
+    transformers: an independent stack)."""
+    from transformers import AutoModelForCausalLM
+
+    from recipes.distill import target_generated
+
+    config = load_recipe_config(REPO / "configs/tiny/distill.yaml", [
+        f"target={pretrained / 'model'}", "data.temperature=0.0", "data.prompt_tokens=6", "data.generate_tokens=5",
+        "data.generated_sequences=3"])
+    packed = torch.randint(3, 200, (10, 17))
+    sequences, mask = target_generated(config, packed, tmp_path)
+    teacher = AutoModelForCausalLM.from_pretrained(str(pretrained / "model"), dtype=torch.float32).eval()
+    for row in sequences:
+        expected = row[:6].tolist()
+        with torch.inference_mode():
+            for _ in range(5):
+                expected.append(int(teacher(torch.tensor([expected])).logits[0, -1].argmax()))
+        assert row.tolist() == expected
+        assert any(row[:6].tolist() == packed_row[:6].tolist() for packed_row in packed)
+    assert mask.shape == (3, 10) and not mask[:, :5].any() and mask[:, 5:].all()
+    cached = target_generated(config, packed, tmp_path)  # the second call reads the cache
+    assert torch.equal(cached[0], sequences)
+
+
 class _Crash(Exception):
     pass
 
