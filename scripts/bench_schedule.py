@@ -210,7 +210,8 @@ def calibrated_inputs(options: argparse.Namespace) -> dict[str, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=40)
-    parser.add_argument("--tune-prompts", type=int, default=6)
+    parser.add_argument("--tune-prompts", type=int, default=12, help="calibration prompts each candidate is tuned on "
+                        "(fewer made the choices move between runs)")
     parser.add_argument("--lossy-prompts", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench-schedule"))
