@@ -17,7 +17,8 @@ Each step starts from the root (the last committed token) and repeats:
    on the target's measured cost curve;
 4. otherwise draft the chain with S, graft it, and give each new token an acceptance
    probability: the calibrated predictor's P(accept | confidence, depth) for that level,
-   scaled by the level's online estimate over its calibrated mean; a node's cumulative
+   shifted in logit space by how far the level's online estimate has moved from its calibrated
+   mean (`shifted_acceptance`); a node's cumulative
    probability is the product along its path. The runner-up token of the first new node's
    draft distribution is added as a sibling when its expected gain per second of extra
    verify cost beats the current rate (it costs no drafting).
@@ -30,6 +31,7 @@ greedy output equals the target's, and sampling reproduces the target's distribu
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +58,7 @@ from drafttrain.scheduling.scores import (
 from drafttrain.scheduling.tree import TreeBuilder
 
 MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
+LOGIT_EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before taking their logit
 COST_BUCKET = 16  # context lengths within a bucket share predicted costs
 
 
@@ -361,14 +364,14 @@ class DyTCDrafter:
         return nodes
 
     def _token_accept(self, level: str, draft: DraftTree, nodes: list[int], step: _Step) -> list[float]:
-        """Calibrated P(accept) of each drafted token, scaled by the level's online / calibrated mean."""
+        """Calibrated P(accept) of each drafted token, shifted by the level's online estimate."""
         accept = step.accept[level]
         predictor = self._mode_predictors.get(level)
         if predictor is None:
             return [accept] * len(nodes)
         confidence = self._confidence(predictor.feature, draft)
-        scale = accept / max(predictor.mean_acceptance, 1e-6)
-        return [scaled_acceptance(predictor.predict_one(value, step.builder.depths[node]), scale)
+        shift = logit(accept) - logit(predictor.mean_acceptance)
+        return [shifted_acceptance(predictor.predict_one(value, step.builder.depths[node]), shift)
                 for value, node in zip(confidence, nodes)]
 
     @staticmethod
@@ -411,9 +414,26 @@ class DyTCDrafter:
         heapq.heappush(frontier, (-cumulative, sibling))
 
 
-def scaled_acceptance(calibrated: float, scale: float) -> float:
-    """A calibrated P(accept) times the level's online / calibrated ratio, kept in [0, MAX_ACCEPT]."""
-    return min(max(calibrated * scale, 0.0), MAX_ACCEPT)
+def logit(probability: float) -> float:
+    """log(p / (1 - p)), with p kept in [LOGIT_EDGE, 1 - LOGIT_EDGE] so that it stays finite."""
+    probability = min(max(probability, LOGIT_EDGE), 1.0 - LOGIT_EDGE)
+    return math.log(probability / (1.0 - probability))
+
+
+def shifted_acceptance(calibrated: float, shift: float) -> float:
+    """A calibrated P(accept) moved by `shift` in logit space, kept in [0, MAX_ACCEPT].
+
+    DyTC's shift is logit(the level's online estimate) - logit(its calibrated mean): the prior-shift
+    correction of a calibrated classifier whose base rate has moved (this sequence accepts the level
+    more or less often than the calibration prompts did). Unlike scaling P by online / mean, it keeps
+    the predictor's ranking without saturating: a confident token stays below certainty when the
+    level does well, and an unlikely one is not pushed to zero when it does badly."""
+    if calibrated <= 0.0:
+        return 0.0
+    if calibrated >= 1.0:
+        return MAX_ACCEPT
+    moved = 1.0 / (1.0 + math.exp(-(logit(calibrated) + shift)))
+    return min(moved, MAX_ACCEPT)
 
 
 def _first_argmax(row: torch.Tensor) -> int:

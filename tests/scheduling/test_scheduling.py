@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from drafttrain.drafters import (
     TreeShape,
 )
 from drafttrain.runtime.views import SelfDraftView
-from drafttrain.scheduling.dytc import DyTCDrafter, DyTCSettings, capacity_shape
+from drafttrain.scheduling.dytc import MAX_ACCEPT, DyTCDrafter, DyTCSettings, capacity_shape, logit, shifted_acceptance
 from drafttrain.scheduling.heuristic import HeuristicKDrafter
 from drafttrain.scheduling.scores import (
     best_choice,
@@ -131,6 +132,38 @@ class FixedDrafter:
         for row, token in enumerate(tokens):
             rows[row, token], rows[row, (token + 1) % self.vocab] = self.q, runner_up
         return DraftTree.chain(torch.tensor(tokens), rows)
+
+
+@pytest.mark.parametrize("calibrated", [0.05, 0.3, 0.5, 0.9])
+def test_shifted_acceptance_moves_a_calibrated_probability_in_logit_space(calibrated):
+    odds = calibrated / (1 - calibrated)
+    assert shifted_acceptance(calibrated, 0.0) == pytest.approx(calibrated)  # the level does as calibrated
+    # a level accepted at 0.8 online against a calibrated mean of 0.5: the odds go up 4x
+    shift = logit(0.8) - logit(0.5)
+    assert shift == pytest.approx(math.log(4.0))
+    assert shifted_acceptance(calibrated, shift) == pytest.approx(min(4 * odds / (1 + 4 * odds), MAX_ACCEPT))
+    assert shifted_acceptance(calibrated, -shift) == pytest.approx(odds / 4 / (1 + odds / 4))
+
+
+def test_shifted_acceptance_keeps_the_ranking_below_the_cap_and_the_ends_fixed():
+    shift = logit(0.9) - logit(0.6)  # scaling by 0.9 / 0.6 would put every p >= 0.67 at the cap
+    moved = [shifted_acceptance(p, shift) for p in (0.5, 0.7, 0.9, 0.95)]
+    assert moved == sorted(moved) and len(set(moved)) == 4 and moved[-1] < MAX_ACCEPT
+    assert shifted_acceptance(0.0, 5.0) == 0.0 and shifted_acceptance(1.0, -5.0) == MAX_ACCEPT
+
+
+def test_dytc_shifts_a_levels_calibrated_acceptance_by_its_online_estimate():
+    drafter = FixedDrafter("self0", q=0.6)
+    dytc = DyTCDrafter({"self0": drafter}, {"greedy": {"self0": identity_predictor(0.6)}},
+                       profile({"target": (1.0, 0.01), "self0": (1e-4, 0.0)}), 8,
+                       settings=DyTCSettings(k_max=1, max_depth=1, siblings=False))
+    dytc.propose(torch.tensor([1, 2]), capacity_shape(8, 1), GREEDY, None)
+    assert dytc.last_plan.expected_accepted == pytest.approx(0.6)  # online estimate = calibrated mean
+    dytc.ema.observe("self0", 9, 10)  # the level does better on this sequence
+    online = dytc.ema.estimate("self0")
+    dytc.propose(torch.tensor([1, 2]), capacity_shape(8, 1), GREEDY, None)
+    assert online > 0.6
+    assert dytc.last_plan.expected_accepted == pytest.approx(shifted_acceptance(0.6, logit(online) - logit(0.6)))
 
 
 def test_dytc_spends_nothing_when_drafting_cannot_pay():
