@@ -1,0 +1,198 @@
+"""Scheduling decisions priced by the latency profile: how good DyTC's trees are, apart from timing noise
+and from the costs the profile does not model (issue 6).
+
+1. Decode prompts greedily with sd-ngram (chains of 4, 8, 12, 16) and with DyTC at each of
+   scripts/bench_schedule.py's candidate settings, interleaved per prompt, through `drafttrain eval`'s
+   method builders over one bundle.
+2. Price every step by the bundle's latency profile at the step's context length: the target's verify
+   forward over the root and the tree, plus the drafting the method predicts (DyTC's own plan; one
+   n-gram call for a chain). Under greedy decoding the trees do not depend on timing, so this column
+   is the same on every run: it compares the methods' decisions alone.
+3. Beside it, the measured decode tokens/s of the same runs, and measured / predicted seconds: how much
+   of the real cost the profile leaves out (the engine's and the scheduler's Python, draft-side
+   overhead), per method.
+
+Replaces this script's section of docs/benchmarks.md.
+
+    python scripts/schedule_replay.py [--bundle outputs/pipeline-pycode/bundle] [--num-prompts 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchdoc import markers, replace_section
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path("../shared/reference")
+CHAINS = (4, 8, 12, 16)
+
+
+class Recorder:
+    """A drafter that records, per step, (context length, tree nodes, predicted drafting seconds)."""
+
+    def __init__(self, drafter, drafting_seconds: Callable[[object, int, int], float]) -> None:
+        self.drafter, self.drafting_seconds = drafter, drafting_seconds
+        self.name = drafter.name
+        self.steps: list[tuple[int, int, float]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.drafter, name)
+
+    def reset(self) -> None:
+        self.drafter.reset()
+
+    def propose(self, context, shape, sampling, generator):
+        tree = self.drafter.propose(context, shape, sampling, generator)
+        self.steps.append((len(context), len(tree), self.drafting_seconds(self.drafter, len(context), len(tree))))
+        return tree
+
+    def observe(self, tree, accepted) -> None:
+        self.drafter.observe(tree, accepted)
+
+
+class Pricing:
+    """Predicted seconds from a latency profile, cached per context-length bucket (as DyTC prices them)."""
+
+    def __init__(self, latency, bucket: int = 16) -> None:
+        from drafttrain.calibration.latency import TARGET_LEVEL
+
+        self.models, self.target, self.bucket = latency.models, TARGET_LEVEL, bucket
+        self._cache: dict[tuple[str, int, int], float] = {}
+
+    def forward(self, level: str, tokens: int, context_length: int) -> float:
+        """A forward of `level` over `tokens` tokens (for the n-gram drafter: one lookup of that many)."""
+        key = (level, tokens, context_length // self.bucket)
+        if key not in self._cache:
+            context = max(key[2] * self.bucket, 1)
+            self._cache[key] = float(np.asarray(self.models[level].predict(np.array([tokens]), context))[0])
+        return self._cache[key]
+
+    def verify(self, nodes: int, context_length: int) -> float:
+        """The target's verify forward over the root and `nodes` draft tokens."""
+        return self.forward(self.target, nodes + 1, context_length)
+
+
+def step_seconds(steps: list[tuple[int, int, float]], pricing: Pricing, undrafted: int, context_length: int) -> float:
+    """Predicted seconds of one generation: each recorded step's verify plus its drafting, and `undrafted`
+    steps (the last ones, where the decoder asks for no draft) as one-token forwards."""
+    seconds = sum(pricing.verify(nodes, length) + drafting for length, nodes, drafting in steps)
+    return seconds + undrafted * pricing.verify(0, context_length)
+
+
+def chain_drafting(pricing: Pricing, level: str) -> Callable[[object, int, int], float]:
+    """One n-gram lookup per step, priced for the chain it returned (at least one token)."""
+    return lambda drafter, context_length, nodes: pricing.forward(level, max(nodes, 1), context_length)
+
+
+def planned_drafting(drafter, context_length: int, nodes: int) -> float:
+    """DyTC's own prediction of the step's drafting seconds."""
+    return drafter.last_plan.draft_seconds if drafter.last_plan is not None else 0.0
+
+
+def build_methods(context, base, out: Path) -> dict[str, tuple[dict, object]]:
+    """{label: (settings, runner)}: sd-ngram's chains and DyTC's tuning candidates."""
+    from bench_schedule import described, dytc_candidates
+
+    from drafttrain.evaluation.methods import METHODS
+
+    runners = {}
+    for k in CHAINS:
+        context.config = dataclasses.replace(base, k_ngram=k)
+        runners[f"sd-ngram k={k}"] = ({"k_ngram": k}, METHODS["sd-ngram"].build(context))
+    for option in dytc_candidates(out):
+        context.config = dataclasses.replace(base, scheduler=Path(option["scheduler"]))
+        settings = described(option)
+        label = f"dytc {settings['levels'] if settings['levels'] == 'all' else '+'.join(settings['levels'])} " \
+                f"d{settings['max_depth']}"
+        runners[label] = (settings, METHODS["dytc"].build(context))
+    context.config = base
+    return runners
+
+
+def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> dict[str, dict]:
+    """Tokens, target forwards, predicted and measured decode seconds per method, over `ids`."""
+    for label, (_, runner) in runners.items():
+        drafting = planned_drafting if label.startswith("dytc") else chain_drafting(pricing, "ngram")
+        runner.drafter = Recorder(runner.drafter, drafting)
+        runner.run(ids[0], seed)  # warm-up
+    totals = {label: {"tokens": 0, "forwards": 0, "predicted": 0.0, "measured": 0.0} for label in runners}
+    order = list(runners)
+    for index, prompt in enumerate(ids):
+        shift = (index * 3) % len(order)
+        for label in order[shift:] + order[:shift]:
+            runner = runners[label][1]
+            runner.drafter.steps = []
+            output = runner.run(prompt, seed + index)
+            steps = runner.drafter.steps
+            total = totals[label]
+            total["tokens"] += len(output.tokens)
+            total["forwards"] += output.stats.target_forwards
+            undrafted = output.stats.target_forwards - len(steps)
+            total["predicted"] += step_seconds(steps, pricing, undrafted, len(prompt) + len(output.tokens))
+            total["measured"] += output.seconds - (output.prefill_seconds or 0.0)
+    return totals
+
+
+def table(totals: dict[str, dict]) -> list[str]:
+    rates = {label: (t["tokens"] / t["predicted"], t["tokens"] / t["measured"]) for label, t in totals.items()}
+    chains = [label for label in totals if label.startswith("sd-ngram")]
+    best_predicted = max(chains, key=lambda label: rates[label][0])
+    best_measured = max(chains, key=lambda label: rates[label][1])
+    lines = [f"| method | tokens / step | predicted tokens/s | vs {best_predicted} (predicted) | measured decode "
+             f"tokens/s | vs {best_measured} (measured) | measured / predicted seconds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, t in totals.items():
+        predicted, measured = rates[label]
+        lines.append(f"| {label} | {t['tokens'] / t['forwards']:.2f} | {predicted:.0f} | "
+                     f"{predicted / rates[best_predicted][0]:.2f}x | {measured:.0f} | "
+                     f"{measured / rates[best_measured][1]:.2f}x | {t['measured'] / t['predicted']:.2f} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=Path("outputs/pipeline-pycode/bundle"))
+    parser.add_argument("--prompts", type=Path, default=REFERENCE / "prompts-dev.jsonl")
+    parser.add_argument("--num-prompts", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("outputs/schedule-replay"))
+    options = parser.parse_args()
+    os.chdir(REPO)
+    torch.set_num_threads(options.threads)
+    from drafttrain.evaluation.config import EvalConfig
+    from drafttrain.evaluation.harness import open_bundle
+    from drafttrain.evaluation.methods import EvalContext, load_latency
+    from drafttrain.evaluation.prompts import load_prompts
+
+    config = EvalConfig(target=REFERENCE / "pycode-12L", prompts=options.prompts, bundle=options.bundle,
+                        methods=["ar"], max_new_tokens=options.max_new_tokens, threads=options.threads)
+    bundle, config = open_bundle(config)
+    context = EvalContext(config, bundle)
+    pricing = Pricing(load_latency(context))
+    runners = build_methods(context, config, options.out / "dytc-candidates")
+    ids = [context.tokenizer(prompt.text).input_ids for prompt in load_prompts(options.prompts, options.num_prompts)]
+    totals = replay(runners, ids, pricing, config.seed)
+    lines = table(totals)
+    start, end = markers("schedule_replay")
+    about = (f"Computed {datetime.date.today()} by `python scripts/schedule_replay.py {shlex.join(sys.argv[1:])}`: "
+             f"{len(ids)} prompts of {options.prompts.name}, greedy, {options.max_new_tokens} new tokens, "
+             f"{options.bundle}; predicted seconds from its latency.json, no per-step overhead.")
+    replace_section("schedule_replay", "Scheduling decisions, priced by the latency profile",
+                    "\n".join([start, "", about, "", *lines, "", end]))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

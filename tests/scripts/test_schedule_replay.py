@@ -1,0 +1,61 @@
+"""scripts/schedule_replay.py's pure parts: the recording drafter and the pricing of recorded steps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import schedule_replay
+
+from drafttrain.decoding.sampling import SamplingParams
+from drafttrain.drafters.base import TreeShape
+from drafttrain.drafters.ngram import NgramDrafter
+
+
+class LinearModel:
+    """seconds = base + per_token * tokens + per_context * context_length."""
+
+    def __init__(self, base: float, per_token: float, per_context: float = 0.0) -> None:
+        self.base, self.per_token, self.per_context = base, per_token, per_context
+
+    def predict(self, tokens: np.ndarray, context_length: int) -> np.ndarray:
+        return self.base + self.per_token * np.asarray(tokens, dtype=np.float64) + self.per_context * context_length
+
+
+class Profile:
+    def __init__(self) -> None:
+        self.models = {"target": LinearModel(0.010, 0.001, 1e-6), "ngram": LinearModel(0.0001, 0.0)}
+
+
+def test_verify_is_priced_over_the_root_and_the_tree_at_the_context_bucket():
+    pricing = schedule_replay.Pricing(Profile(), bucket=16)
+    # 5 draft nodes -> a forward over 6 tokens, at the start of the bucket of context 40 (32)
+    assert pricing.verify(5, 40) == pytest.approx(0.010 + 0.006 + 32e-6)
+    assert pricing.verify(5, 47) == pricing.verify(5, 40)  # same bucket
+    assert pricing.verify(5, 48) > pricing.verify(5, 40)
+
+
+def test_a_generation_costs_its_steps_verify_and_drafting_and_its_undrafted_forwards():
+    pricing = schedule_replay.Pricing(Profile(), bucket=1)
+    steps = [(100, 4, 0.002), (105, 0, 0.0001)]
+    expected = (pricing.verify(4, 100) + 0.002) + (pricing.verify(0, 105) + 0.0001) + 2 * pricing.verify(0, 110)
+    assert schedule_replay.step_seconds(steps, pricing, undrafted=2, context_length=110) == pytest.approx(expected)
+    assert schedule_replay.step_seconds([], pricing, 0, 110) == 0.0
+
+
+def test_the_recorder_passes_the_drafter_through_and_records_each_step():
+    pricing = schedule_replay.Pricing(Profile(), bucket=1)
+    recorder = schedule_replay.Recorder(NgramDrafter(), schedule_replay.chain_drafting(pricing, "ngram"))
+    context = torch.tensor([5, 6, 7, 8, 5, 6, 7])
+    tree = recorder.propose(context, TreeShape.chain(3), SamplingParams(), None)
+    assert tree.tokens.tolist() == [8, 5, 6]  # what the n-gram drafter itself proposes
+    assert recorder.steps == [(7, 3, pytest.approx(0.0001))]
+    assert recorder.name == "ngram" and recorder.drafts_in_one_call  # attributes reach the drafter
+    empty = recorder.propose(torch.tensor([1, 2, 3]), TreeShape.chain(3), SamplingParams(), None)
+    assert len(empty) == 0 and recorder.steps[-1][:2] == (3, 0)  # a lookup that found nothing still costs one call
