@@ -15,6 +15,7 @@ and from the costs the profile does not model (issue 6).
 Replaces this script's section of docs/benchmarks.md.
 
     python scripts/schedule_replay.py [--bundle outputs/pipeline-pycode/bundle] [--num-prompts 40]
+                                      [--prompts FILE --no-docs]
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/schedule-replay"))
+    parser.add_argument("--no-docs", action="store_true",
+                        help="leave docs/benchmarks.md alone (e.g. on calibration prompts, to choose settings)")
     options = parser.parse_args()
     os.chdir(REPO)
     torch.set_num_threads(options.threads)
@@ -188,8 +191,11 @@ def main() -> int:
     about = (f"Computed {datetime.date.today()} by `python scripts/schedule_replay.py {shlex.join(sys.argv[1:])}`: "
              f"{len(ids)} prompts of {options.prompts.name}, greedy, {options.max_new_tokens} new tokens, "
              f"{options.bundle}; predicted seconds from its latency.json, no per-step overhead.")
-    replace_section("schedule_replay", "Scheduling decisions, priced by the latency profile",
-                    "\n".join([start, "", about, "", *lines, "", end]))
+    options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / "table.md").write_text("\n".join([about, "", *lines]) + "\n")
+    if not options.no_docs:
+        replace_section("schedule_replay", "Scheduling decisions, priced by the latency profile",
+                        "\n".join([start, "", about, "", *lines, "", end]))
     print("\n".join(lines))
     return 0
 
