@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from benchdoc import markers, replace_section
 
+from drafttrain.calibration.latency import TARGET_LEVEL
+from drafttrain.scheduling.dytc import COST_BUCKET
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("../shared/reference")
 CHAINS = (4, 8, 12, 16)
@@ -64,8 +67,7 @@ class Recorder:
 class Pricing:
     """Predicted seconds from a latency profile, cached per context-length bucket (as DyTC prices them)."""
 
-    def __init__(self, latency, bucket: int = 16) -> None:
-        from drafttrain.calibration.latency import TARGET_LEVEL
+    def __init__(self, latency, bucket: int = COST_BUCKET) -> None:
 
         self.models, self.target, self.bucket = latency.models, TARGET_LEVEL, bucket
         self._cache: dict[tuple[str, int, int], float] = {}
@@ -100,8 +102,8 @@ def planned_drafting(drafter, context_length: int, nodes: int) -> float:
     return drafter.last_plan.draft_seconds if drafter.last_plan is not None else 0.0
 
 
-def build_methods(context, base, out: Path) -> dict[str, tuple[dict, object]]:
-    """{label: (settings, runner)}: sd-ngram's chains and DyTC's tuning candidates."""
+def build_methods(context, base, out: Path) -> dict[str, object]:
+    """{label: runner}: sd-ngram's chains and DyTC's tuning candidates."""
     from bench_schedule import described, dytc_candidates
 
     from drafttrain.evaluation.methods import METHODS
@@ -109,20 +111,20 @@ def build_methods(context, base, out: Path) -> dict[str, tuple[dict, object]]:
     runners = {}
     for k in CHAINS:
         context.config = dataclasses.replace(base, k_ngram=k)
-        runners[f"sd-ngram k={k}"] = ({"k_ngram": k}, METHODS["sd-ngram"].build(context))
+        runners[f"sd-ngram k={k}"] = METHODS["sd-ngram"].build(context)
     for option in dytc_candidates(out):
         context.config = dataclasses.replace(base, scheduler=Path(option["scheduler"]))
         settings = described(option)
         label = f"dytc {settings['levels'] if settings['levels'] == 'all' else '+'.join(settings['levels'])} " \
                 f"d{settings['max_depth']}"
-        runners[label] = (settings, METHODS["dytc"].build(context))
+        runners[label] = METHODS["dytc"].build(context)
     context.config = base
     return runners
 
 
 def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> dict[str, dict]:
     """Tokens, target forwards, predicted and measured decode seconds per method, over `ids`."""
-    for label, (_, runner) in runners.items():
+    for label, runner in runners.items():
         drafting = planned_drafting if label.startswith("dytc") else chain_drafting(pricing, "ngram")
         runner.drafter = Recorder(runner.drafter, drafting)
         runner.run(ids[0], seed)  # warm-up
@@ -131,7 +133,7 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
     for index, prompt in enumerate(ids):
         shift = (index * 3) % len(order)
         for label in order[shift:] + order[:shift]:
-            runner = runners[label][1]
+            runner = runners[label]
             runner.drafter.steps = []
             output = runner.run(prompt, seed + index)
             steps = runner.drafter.steps
