@@ -34,3 +34,17 @@ def test_the_tuning_table_describes_a_scheduler_file_by_its_settings(tmp_path):
     assert bench_schedule.described({"k_ngram": 8}) == {"k_ngram": 8}  # a baseline's settings as they are
     lines = bench_schedule.tuning_lines({"dytc": {"best": option, "best_speedup": 2.0, "tried": [{}, {}]}})
     assert lines[-1] == f"| dytc | `{json.dumps(described)}` | 2.00x | 2 |"
+
+
+def test_speedups_are_over_ar_on_the_same_prompts():
+    totals = {("ar", "{}"): [100, 1.0], ("sd-ngram", '{"k_ngram": 8}'): [100, 0.5], ("dytc", "a"): [50, 0.1]}
+    speedup = bench_schedule.speedups(totals, ("ar", "{}"))
+    assert speedup == {("ar", "{}"): 1.0, ("sd-ngram", '{"k_ngram": 8}'): 2.0, ("dytc", "a"): 5.0}
+
+
+def test_finalists_are_the_fastest_candidates_of_each_method():
+    speedup = {("dytc", "a"): 2.0, ("dytc", "b"): 2.2, ("dytc", "c"): 1.9, ("sd-ngram", "4"): 1.5,
+               ("sd-ngram", "8"): 1.7, ("sd-ngram", "12"): 1.6, ("tree", "x"): 1.1}
+    chosen = bench_schedule.finalists(speedup, count=2)
+    assert sorted(chosen) == sorted([("dytc", "b"), ("dytc", "a"), ("sd-ngram", "8"), ("sd-ngram", "12"),
+                                     ("tree", "x")])
