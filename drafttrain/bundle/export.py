@@ -19,6 +19,7 @@ from pathlib import Path
 from drafttrain.bundle import manifest as layout
 from drafttrain.bundle.identity import TOKENIZER_FILES, target_identity, tree_hashes
 from drafttrain.bundle.scheduler import SchedulerSpec
+from drafttrain.drafters.vocab import VOCAB_FILE
 from drafttrain.errors import DrafttrainError
 
 DRAFT_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -146,6 +147,8 @@ def _write_draft(draft: Path, target: Path, dest: Path) -> None:
         if not any(dest.glob("*.safetensors")):
             raise DrafttrainError(f"draft {draft}: no *.safetensors weights (pickled weights are never bundled). "
                                   "Fix: save the draft with safetensors")
+    if (draft / VOCAB_FILE).is_file():  # the draft's vocabulary subset (FR-Spec), if it has one
+        shutil.copyfile(draft / VOCAB_FILE, dest / VOCAB_FILE)
     source = draft if any((draft / name).is_file() for name in TOKENIZER_FILES) else target
     for name in TOKENIZER_FILES:
         if (source / name).is_file():

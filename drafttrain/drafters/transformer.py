@@ -17,6 +17,7 @@ import torch
 
 from drafttrain.decoding.sampling import SamplingParams, logits_to_probs
 from drafttrain.drafters.base import DraftTree, TreeShape
+from drafttrain.drafters.vocab import expand_logits, load_vocab_subset
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime.cache import KVCache, causal_mask, tree_mask
 from drafttrain.runtime.loader import load_model, load_tokenizer
@@ -151,10 +152,15 @@ class SelfDrafter(_TransformerDrafter):
 
 
 class ModelDrafter(_TransformerDrafter):
-    """A separate small model with its own cache; accepted draft tokens keep their cache entries."""
+    """A separate small model with its own cache; accepted draft tokens keep their cache entries.
+
+    vocab_subset: ascending token ids the draft may propose (`drafttrain.drafters.vocab`, FR-Spec), or
+    None for the whole vocabulary. Eager steps then compute only those rows of the LM head; fixed-shape
+    steps compute the whole head and cut the subset from it (the same distribution, without the saving).
+    """
 
     def __init__(self, model: Transformer, target_vocab: int, name: str = "draft", verify: str = "eager",
-                 compile: str | None = None) -> None:
+                 compile: str | None = None, vocab_subset: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model, self.name, self.target_vocab = model, name, target_vocab
         self.max_positions = model.args.max_position_embeddings
@@ -162,14 +168,35 @@ class ModelDrafter(_TransformerDrafter):
         self.cached = 0
         self.verify, self.compile = verify, compile  # how its steps run, as the decoder's verify and compile
         self._fixed = None  # the fixed-shape forward over the current cache
+        self.vocab_subset, self.subset_head = None, None
+        if vocab_subset is not None:
+            limit = min(model.args.vocab_size, target_vocab)
+            if not len(vocab_subset) or int(vocab_subset.max()) >= limit:
+                raise DrafttrainError(f"draft {name}: its vocabulary subset must be ids below {limit} (the draft's "
+                                      "and the target's vocabulary): write it again from the target's tokenizer")
+            self.vocab_subset = vocab_subset.to(model.device)
+            self.subset_head = model.lm_head.weight.detach()[self.vocab_subset].contiguous()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, target_tokenizer, target_vocab: int,
                         dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                         verify: str = "eager", compile: str | None = None) -> ModelDrafter:
+        """The draft at `path` (an HF checkpoint directory), with its vocabulary subset if it has one."""
         check_same_tokenizer(load_tokenizer(path), target_tokenizer, str(path))
-        return cls(load_model(path, dtype, device), target_vocab, name=Path(path).name or "draft", verify=verify,
-                   compile=compile)
+        model = load_model(path, dtype, device)
+        return cls(model, target_vocab, name=Path(path).name or "draft", verify=verify, compile=compile,
+                   vocab_subset=load_vocab_subset(path, min(model.args.vocab_size, target_vocab)))
+
+    def _forward(self, model: Transformer, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor,
+                 start: int, mask: torch.Tensor | None, logits_rows: slice = slice(None)) -> torch.Tensor:
+        if self.vocab_subset is None:
+            return super()._forward(model, cache, tokens, positions, start, mask, logits_rows)
+        fixed = self._fixed_shape()
+        if fixed is None:
+            subset = model(tokens, positions, cache, start, mask, logits_rows=logits_rows, head=self.subset_head)
+        else:
+            subset = fixed(tokens, positions, start, mask, None)[logits_rows][:, self.vocab_subset]
+        return expand_logits(subset, self.vocab_subset, self.target_vocab)
 
     def _fixed_shape(self):
         if self.verify == "eager":

@@ -171,14 +171,16 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int | torch.Tensor,
                 mask: torch.Tensor | None = None, view: SelfDraftView | None = None,
-                logits_rows: slice | torch.Tensor | None = slice(None)) -> torch.Tensor | None:
+                logits_rows: slice | torch.Tensor | None = slice(None),
+                head: torch.Tensor | None = None) -> torch.Tensor | None:
         """Run `tokens` [n], writing their keys/values at cache slots start .. start + n - 1.
 
         positions: [n] RoPE positions. mask: [n, start + n] bool of the slots each token may see;
         None means causal over slots 0 .. start + n - 1 (n == 1, or a prefill from slot 0).
         Fixed shapes (`drafttrain.runtime.static`): `start` is a tensor of the n slots to write and
         `mask` is [n, cache.max_len]; nothing then depends on host values (CUDA graphs can capture it).
-        Returns float32 logits [rows, vocab] for `logits_rows` of the new tokens (None: no logits).
+        Returns float32 logits [rows, vocab] for `logits_rows` of the new tokens (None: no logits);
+        `head` replaces the LM head's weight (e.g. some of its rows: a draft's vocabulary subset).
         """
         fixed = isinstance(start, torch.Tensor)
         if mask is None and tokens.shape[0] > 1 and (fixed or start > 0):
@@ -198,4 +200,5 @@ class Transformer(nn.Module):
                 x = x + block.mlp.forward(normed, quant)
         if logits_rows is None:
             return None
-        return F.linear(rms_norm(x[logits_rows], self.norm.weight, self.norm.eps), self.lm_head.weight).float()
+        weight = self.lm_head.weight if head is None else head
+        return F.linear(rms_norm(x[logits_rows], self.norm.weight, self.norm.eps), weight).float()

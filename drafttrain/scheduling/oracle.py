@@ -45,12 +45,14 @@ def correct_runs(matches: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def teacher_forced_matches(model: Transformer, ids: torch.Tensor, prompt_length: int, vocab_size: int,
-                           view: SelfDraftView | None = None) -> np.ndarray:
-    """[new tokens] bool: does the model's argmax after the prefix equal each generated token?"""
+                           view: SelfDraftView | None = None, vocab_subset: torch.Tensor | None = None) -> np.ndarray:
+    """[new tokens] bool: does the model's argmax after the prefix (over `vocab_subset` when the draft
+    has one) equal each generated token?"""
     cache = model.new_cache(len(ids))
+    head = None if vocab_subset is None else model.lm_head.weight[vocab_subset]
     logits = model(ids, torch.arange(len(ids), device=ids.device), cache, 0, None, view,
-                   logits_rows=slice(prompt_length - 1, len(ids) - 1))
-    predicted = logits[:, :vocab_size].argmax(dim=-1)
+                   logits_rows=slice(prompt_length - 1, len(ids) - 1), head=head)
+    predicted = logits[:, :vocab_size].argmax(dim=-1) if vocab_subset is None else vocab_subset[logits.argmax(dim=-1)]
     return (predicted == ids[prompt_length:]).cpu().numpy()
 
 
@@ -196,7 +198,8 @@ def hindsight_runs(drafters: dict, target: Transformer, ids: torch.Tensor, promp
         if isinstance(drafter, NgramDrafter):
             runs[name] = ngram_runs(drafter, ids, prompt_length, max_depth)
         elif isinstance(drafter, ModelDrafter):
-            runs[name] = correct_runs(teacher_forced_matches(drafter.model, ids, prompt_length, vocab))
+            runs[name] = correct_runs(teacher_forced_matches(drafter.model, ids, prompt_length, vocab,
+                                                             vocab_subset=drafter.vocab_subset))
         elif isinstance(drafter, SelfDrafter):
             runs[name] = correct_runs(teacher_forced_matches(target, ids, prompt_length, vocab, drafter.view))
         else:
