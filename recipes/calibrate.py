@@ -105,13 +105,16 @@ def record_part(decoder, drafter, prompt_ids, prompt_names, generation: Generati
 
 
 def timed_calls(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], text_ids: torch.Tensor) -> dict:
-    """One timed call per level (its drafting forward) and one for the target's verify forward."""
+    """One timed call per level (its drafting forward) and one for the target's verify forward. A
+    drafting forward computes its last row's logits only (what a drafter reads), a model draft's over
+    its vocabulary subset when it has one; the verify forward computes every row's."""
     calls = {TARGET_LEVEL: model_forward_call(decoder.target)}
+    last_row = slice(-1, None)
     for name, drafter in drafters.items():
         if isinstance(drafter, ModelDrafter):
-            calls[name] = model_forward_call(drafter.model)
+            calls[name] = model_forward_call(drafter.model, head=drafter.subset_head, logits_rows=last_row)
         elif isinstance(drafter, SelfDrafter):
-            calls[name] = model_forward_call(decoder.target, drafter.view)
+            calls[name] = model_forward_call(decoder.target, drafter.view, logits_rows=last_row)
         elif isinstance(drafter, NgramDrafter):
             calls[name] = ngram_call(drafter, text_ids)
         else:

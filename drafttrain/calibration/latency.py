@@ -94,13 +94,16 @@ def fingerprint_differences(recorded: Mapping, current: Mapping) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def model_forward_call(model: Transformer, view: SelfDraftView | None = None, seed: int = 0) -> Call:
+def model_forward_call(model: Transformer, view: SelfDraftView | None = None, seed: int = 0,
+                       head: torch.Tensor | None = None, logits_rows: slice = slice(None)) -> Call:
     """A call running one `model` forward (through `view`, if given) of n tokens after L cached.
 
     The cache holds zeros and the tokens are random: the cost does not depend on the values.
     Multi-token forwards get an explicit causal mask; a tree mask has the same shape, hence the
     same cost, so this times chain and tree verification alike. Inputs are built once per (n, L)
     (in the warm-up calls), so the timing is the forward itself; `seed` draws the token ids.
+    `logits_rows` and `head` are the forward's own (`Transformer.forward`): a verify forward needs
+    every row's logits, a drafting forward only its last row's, over its vocabulary subset if it has one.
     """
     if view is not None:
         view.check_layers(model.args.num_layers)
@@ -119,7 +122,7 @@ def model_forward_call(model: Transformer, view: SelfDraftView | None = None, se
         ids, positions, mask = inputs[tokens, context]
         cache = cache_for(context + tokens)
         with torch.inference_mode():
-            model(ids, positions, cache, start=context, mask=mask, view=view, logits_rows=slice(None))
+            model(ids, positions, cache, start=context, mask=mask, view=view, logits_rows=logits_rows, head=head)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
 
