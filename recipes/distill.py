@@ -29,12 +29,24 @@ from drafttrain.data import build_packed_corpus
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters.transformer import check_same_tokenizer
+from drafttrain.drafters.vocab import (
+    coverage,
+    frequent_tokens,
+    save_vocab_subset,
+    token_counts,
+)
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime import load_model, load_tokenizer
 from drafttrain.training.batches import batch_rows
 from drafttrain.training.config import DistillConfig, DistillData
 from drafttrain.training.module import CausalLMTraining, continuation_mask
-from drafttrain.training.run import PackedData, build_trainer, export_atomically, resume_from, write_run_record
+from drafttrain.training.run import (
+    PackedData,
+    build_trainer,
+    export_atomically,
+    resume_from,
+    write_run_record,
+)
 from drafttrain.training.student import student_from_target_layers
 from recipes.pretrain import new_llama
 
@@ -104,6 +116,13 @@ def _file_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def write_vocab_subset(draft_dir, train_rows: torch.Tensor, vocab_size: int, size: int) -> None:
+    """The draft's `size` most frequent tokens of its training text, as its vocabulary subset (FR-Spec)."""
+    counts = token_counts([train_rows], vocab_size)
+    subset = frequent_tokens(counts, min(size, vocab_size))
+    save_vocab_subset(draft_dir, subset, int(counts.sum()), coverage(subset, counts))
+
+
 def main(config: DistillConfig) -> None:
     if config.target is None:
         raise DrafttrainError("distill: `target` is not set; pass target=DIR (a Hugging Face checkpoint directory)")
@@ -136,6 +155,8 @@ def main(config: DistillConfig) -> None:
         def write(tmp):
             student.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
+            if config.vocab_subset:
+                write_vocab_subset(tmp, packed.train, student.config.vocab_size, config.vocab_subset)
         export_atomically(out / "draft", write)
         checksum = getattr(module, "ranks_checksum", None)
         write_run_record(out, config, {"ddp_ranks_identical": checksum is not None, "weights_checksum": checksum}

@@ -25,11 +25,11 @@ from drafttrain.errors import DrafttrainError
 VOCAB_FILE = "vocab_subset.json"
 
 
-def token_counts(sequences: Iterable[Sequence[int]], vocab_size: int) -> torch.Tensor:
-    """[vocab_size] int64: how often each token id occurs in `sequences`."""
+def token_counts(sequences: Iterable[Sequence[int] | torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """[vocab_size] int64: how often each token id occurs in `sequences` (lists or tensors of ids)."""
     counts = torch.zeros(vocab_size, dtype=torch.int64)
     for sequence in sequences:
-        ids = torch.as_tensor(list(sequence), dtype=torch.int64)
+        ids = torch.as_tensor(sequence, dtype=torch.int64).flatten()
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
             raise DrafttrainError(f"token ids outside [0, {vocab_size}) while counting the draft's vocabulary: "
                                   "count text tokenized with the target's tokenizer")

@@ -164,3 +164,9 @@ class DistillConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cache_dir: Path = Path(".cache/drafttrain")
+    vocab_subset: int = 0  # > 0: also write the draft's N most frequent training tokens (FR-Spec, drafters.vocab)
+
+    def __post_init__(self) -> None:
+        if self.vocab_subset < 0:
+            raise DrafttrainError(f"vocab_subset={self.vocab_subset} is invalid: use 0 (the whole vocabulary) or the "
+                                  "number of most frequent tokens the draft may propose, e.g. 2048")

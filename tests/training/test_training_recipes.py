@@ -74,11 +74,15 @@ def test_distill_can_start_from_the_targets_own_layers(pretrained, tmp_path):
     out = tmp_path / "cut"
     assert _run("distill", out, tmp_path / "cache", f"target={pretrained / 'model'}", "student.from_target_layers=[0]",
                 "loss=ce", "data.corpus=1.0", "data.target_generated=0.0", "data.on_policy=0.0",
-                "trainer.max_steps=4", "trainer.val_every=4") == 0
+                "trainer.max_steps=4", "trainer.val_every=4", "vocab_subset=32") == 0
     draft = json.loads((out / "draft" / "config.json").read_text())
     target = json.loads((pretrained / "model" / "config.json").read_text())
     assert draft["num_hidden_layers"] == 1 and draft["hidden_size"] == target["hidden_size"]
     load_model(out / "draft")
+    from drafttrain.drafters.vocab import VOCAB_FILE, load_vocab_subset
+
+    written = json.loads((out / "draft" / VOCAB_FILE).read_text())
+    assert len(load_vocab_subset(out / "draft", draft["vocab_size"])) == 32 and 0 < written["coverage"] <= 1
 
 
 def test_greedy_target_generated_text_is_the_targets_own_greedy_output(pretrained, tmp_path, monkeypatch):
@@ -172,6 +176,7 @@ def test_lora_distill_writes_an_adapter_that_loads_back(pretrained, tmp_path):
     (["loss=kl"], "loss"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 is invalid"),
     (["student.shape.hidden_size=33"], "must divide by num_heads"),
+    (["vocab_subset=-1"], "vocab_subset=-1 is invalid"),
 ])
 def test_distill_config_errors_are_clear(overrides, message):
     with pytest.raises(DrafttrainError, match=None) as error:
