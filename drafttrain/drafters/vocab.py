@@ -41,8 +41,8 @@ def frequent_tokens(counts: torch.Tensor, size: int) -> torch.Tensor:
     """The `size` most frequent token ids (ties to the lower id), in ascending id order."""
     if not 0 < size <= len(counts):
         raise DrafttrainError(f"draft vocabulary size {size} is invalid: use 1 .. {len(counts)} (the vocabulary)")
-    order = sorted(range(len(counts)), key=lambda token: (-int(counts[token]), token))
-    return torch.tensor(sorted(order[:size]), dtype=torch.long)
+    order = torch.argsort(-counts, stable=True)  # equal counts keep ascending ids
+    return order[:size].sort().values
 
 
 def coverage(token_ids: torch.Tensor, counts: torch.Tensor) -> float:
