@@ -42,7 +42,7 @@ class EvalConfig:
                                    "`levels`)", default=None)
     bundle: Path | None = _help("a cascade bundle (directory or .tar.gz of `drafttrain export`): supplies the "
                                 "draft, levels, predictors, latency, n-gram table and scheduler, verified "
-                                "against --target", default=None)
+                                "against --target (an explicit --scheduler replaces the bundle's)", default=None)
     k_heuristic: int = _help("first draft length of hf-heuristic", default=5)
     k_vc: list[int] = _help("vc: [draft-model tokens per step, n-gram tokens the draft model reviews per "
                             "forward]", default_factory=lambda: [4, 4])

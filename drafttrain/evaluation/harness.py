@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from drafttrain.decoding.deferral import DeferralRule
 from drafttrain.errors import DrafttrainError
-from drafttrain.evaluation.config import EvalConfig
+from drafttrain.evaluation.config import BUNDLED, EvalConfig
 from drafttrain.evaluation.methods import METHODS, EvalContext, Method, MethodOutput
 from drafttrain.evaluation.prompts import Prompt, load_prompts
 from drafttrain.evaluation.quality import MethodQuality, score_runs
@@ -45,9 +45,18 @@ def expand_method(name: str, built: Method | MethodFamily) -> dict[str, Method]:
 
 def open_bundle(config: EvalConfig):
     """(the verified bundle of --bundle, the config with the bundle's parts filled in); (None, config)
-    without one. Its latency warning is printed where the latency profile is used."""
+    without one. Its latency warning is printed where the latency profile is used.
+
+    An explicit --scheduler replaces the bundle's (settings to try against the bundle's calibrated
+    levels); the calibrated parts themselves (draft, levels, predictors, latency, n-gram table) come
+    only from the bundle, so setting one of them as well is an error rather than silently ignored."""
     if config.bundle is None:
         return None, config
+    clashing = [name for name in BUNDLED if name != "scheduler" and getattr(config, name) is not None]
+    if clashing:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in clashing)
+        raise DrafttrainError(f"{flags} and --bundle {config.bundle} both name calibrated inputs: the bundle "
+                              "supplies them (verified against --target); drop one of the two")
     from drafttrain.bundle import load_bundle
     from drafttrain.bundle import manifest as layout
     from drafttrain.evaluation.methods import DTYPES
@@ -55,7 +64,7 @@ def open_bundle(config: EvalConfig):
     bundle = load_bundle(config.bundle, config.target, config.device, DTYPES[config.dtype], warn=False)
     parts = {"draft": bundle.drafts[0] if bundle.drafts else None, "levels": bundle.path(layout.LEVELS),
              "predictors": bundle.path(layout.PREDICTORS), "latency": bundle.path(layout.LATENCY),
-             "ngram_table": bundle.ngram_table, "scheduler": bundle.path(layout.SCHEDULER)}
+             "ngram_table": bundle.ngram_table, "scheduler": config.scheduler or bundle.path(layout.SCHEDULER)}
     return bundle, dataclasses.replace(config, **parts)
 
 

@@ -91,6 +91,31 @@ def test_eval_with_a_bundle_runs_every_level_and_dytc_losslessly(exported, tiny_
     assert methods["sd-draft0"]["stats"]["drafted"].keys() == {"draft0"}
 
 
+def test_eval_with_a_bundle_takes_an_explicit_scheduler_over_the_bundles(exported, tiny_target, tmp_path):
+    bundled = json.loads((exported / "scheduler.json").read_text())
+    assert bundled["dytc"]["levels"] == []  # every level; with the bundle's settings the n-gram level drafts here
+    scheduler = tmp_path / "scheduler.json"
+    scheduler.write_text(json.dumps({**bundled, "dytc": {**bundled["dytc"], "levels": ["draft0"]}}))
+    prompts = tmp_path / "eval.jsonl"
+    prompts.write_text(json.dumps({"id": "e0", "prompt": TINY_CORPUS[6]}) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--bundle", str(exported), "--scheduler", str(scheduler), "--target", str(tiny_target),
+                 "--prompts", str(prompts), "--methods", "ar,dytc", "--max-new-tokens", "16", "--threads", "1",
+                 "--out", str(out), "--wandb", "disabled"]) == 0
+    dytc = json.loads((out / "report.json").read_text())["methods"]["dytc"]
+    assert set(dytc["stats"]["drafted"]) <= {"draft0"} and dytc["lossless"] is True
+
+
+def test_eval_refuses_a_calibrated_input_given_beside_a_bundle(exported, tiny_target, tmp_path, capsys):
+    prompts = tmp_path / "eval.jsonl"
+    prompts.write_text(json.dumps({"id": "e0", "prompt": TINY_CORPUS[6]}) + "\n")
+    assert main(["eval", "--bundle", str(exported), "--draft", str(tiny_target), "--target", str(tiny_target),
+                 "--prompts", str(prompts), "--methods", "ar,dytc", "--out", str(tmp_path / "eval"),
+                 "--wandb", "disabled"]) == 2
+    assert "--draft and --bundle" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
 def test_eval_refuses_a_run_asked_for_twice(exported, tiny_target, tmp_path, capsys):
     prompts = tmp_path / "eval.jsonl"
     prompts.write_text(json.dumps({"id": "e0", "prompt": TINY_CORPUS[6]}) + "\n")
