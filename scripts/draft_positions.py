@@ -6,7 +6,7 @@ greedily, and counts how often each draft's argmax (over its vocabulary subset, 
 equals the target's next token, teacher-forced, grouped by the token's position. Replaces this
 script's section of docs/benchmarks.md (unless --no-docs).
 
-    python scripts/draft_positions.py DRAFT_DIR [DRAFT_DIR ...] [--prompt-lengths 32,160,288,416]
+    python scripts/draft_positions.py DRAFT_DIR [DRAFT_DIR ...] [--prompt-lengths 32,128,224,300]
                                       [--num-prompts 12] [--new-tokens 96] [--bucket 64]
 """
 
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--target", type=Path, default=REFERENCE / "pycode-12L")
     parser.add_argument("--prompts", type=Path, default=REFERENCE / "prompts-dev.jsonl")
     parser.add_argument("--num-prompts", type=int, default=12)
-    parser.add_argument("--prompt-lengths", default="32,160,288,416",
+    parser.add_argument("--prompt-lengths", default="32,128,224,300",
                         help="cut each prompt to these token counts (longer prompts only)")
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--bucket", type=int, default=64, help="positions per column")
