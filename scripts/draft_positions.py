@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from benchdoc import markers, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path("../shared/reference")
+REFERENCE = REPO.parent / "shared" / "reference"  # paths on the command line are relative to the cwd
 
 
 def bucket_agreement(matches: np.ndarray, first_position: int, bucket: int,
@@ -66,7 +65,6 @@ def main() -> int:
     lengths = [int(value) for value in options.prompt_lengths.split(",")]
     if any(length < 1 for length in lengths) or options.bucket < 1 or options.new_tokens < 1:
         parser.error("--prompt-lengths, --bucket and --new-tokens must be positive")
-    os.chdir(REPO)
     torch.set_num_threads(options.threads)
     from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
     from drafttrain.drafters.vocab import load_vocab_subset
