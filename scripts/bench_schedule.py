@@ -94,17 +94,22 @@ def candidates(levels: list[dict], out: Path) -> dict[str, list[dict]]:
 FINALISTS = 2  # the best candidates of each method that a second round re-measures on fresh prompts
 
 
-def interleaved(runners: dict, ids: list[list[int]], seed: int) -> dict:
+def interleaved(runners: dict, ids: list[list[int]], seed: int, label: str = "tuning") -> dict:
     """{key: (tokens, seconds)} of every runner over `ids`, interleaved per prompt (a rotating order, so
-    that the machine's drift spreads over all of them)."""
+    that the machine's drift spreads over all of them), with a progress bar over the runs."""
+    from rich.progress import Progress
+
     totals = {key: [0, 0.0] for key in runners}
     order = list(runners)
-    for index, prompt in enumerate(ids):
-        shift = (index * 7) % len(order)
-        for key in order[shift:] + order[:shift]:
-            output = runners[key].run(prompt, seed + index)
-            totals[key][0] += len(output.tokens)
-            totals[key][1] += output.seconds
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{label}: {len(order)} runners x {len(ids)} prompts", total=len(order) * len(ids))
+        for index, prompt in enumerate(ids):
+            shift = (index * 7) % len(order)
+            for key in order[shift:] + order[:shift]:
+                output = runners[key].run(prompt, seed + index)
+                totals[key][0] += len(output.tokens)
+                totals[key][1] += output.seconds
+                progress.advance(task)
     return totals
 
 
@@ -146,11 +151,13 @@ def tune(base: dict, temperature: float, prompts: Path, num_prompts: int, levels
     first, second = ids[:num_prompts], ids[num_prompts:]
     for runner in runners.values():
         runner.run(ids[0], 0)  # warm-up
-    totals = interleaved(runners, first, config.seed)
+    mode = "greedy" if temperature == 0 else f"T={temperature}"
+    totals = interleaved(runners, first, config.seed, f"tuning {mode}, round 1")
     speedup = speedups(totals, ar_key)
     final = [ar_key, *finalists({key: value for key, value in speedup.items() if key != ar_key})]
     if second:
-        more = interleaved({key: runners[key] for key in final}, second, config.seed + len(first))
+        more = interleaved({key: runners[key] for key in final}, second, config.seed + len(first),
+                           f"tuning {mode}, round 2")
         both = {key: [totals[key][0] + more[key][0], totals[key][1] + more[key][1]] for key in final}
         speedup.update(speedups(both, ar_key))
     results: dict[str, dict] = {}
