@@ -146,6 +146,24 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
     return totals
 
 
+DRIFT_TOKENS = (1, 16)  # the target forwards timed after the replay, to compare the machine with the profile
+
+
+def speed_drift(timings, models) -> dict[int, float]:
+    """{tokens: measured / predicted seconds} of the target forwards timed now (`latency.Timing`s): how much
+    slower (> 1) the machine runs than when the latency profile was taken. Measured / predicted seconds of
+    the replay carry that drift as well as the costs the profile leaves out."""
+    return {timing.tokens: timing.seconds / float(np.asarray(models[timing.level].predict(
+        np.array([timing.tokens]), timing.context))[0]) for timing in timings}
+
+
+def time_target_now(target, context_length: int) -> list:
+    """The target's forwards of DRIFT_TOKENS tokens after `context_length`, timed as calibration times them."""
+    from drafttrain.calibration.latency import measure, model_forward_call
+
+    return measure({TARGET_LEVEL: model_forward_call(target)}, DRIFT_TOKENS, [context_length], repeats=15)
+
+
 def table(totals: dict[str, dict]) -> list[str]:
     rates = {label: (t["tokens"] / t["predicted"], t["tokens"] / t["measured"]) for label, t in totals.items()}
     chains = [label for label in totals if label.startswith("sd-ngram")]
@@ -189,10 +207,16 @@ def main() -> int:
     ids = [context.tokenizer(prompt.text).input_ids for prompt in load_prompts(options.prompts, options.num_prompts)]
     totals = replay(runners, ids, pricing, config.seed)
     lines = table(totals)
+    context_length = int(np.median([len(prompt) for prompt in ids])) + options.max_new_tokens // 2
+    drift = speed_drift(time_target_now(context.target, context_length), pricing.models)
+    drift_text = ", ".join(f"{tokens} token{'s' if tokens > 1 else ''} {ratio:.2f}x" for tokens, ratio in drift.items())
     start, end = markers("schedule_replay")
     about = (f"Computed {datetime.date.today()} by `python scripts/schedule_replay.py {shlex.join(sys.argv[1:])}`: "
              f"{len(ids)} prompts of {options.prompts.name}, greedy, {options.max_new_tokens} new tokens, "
-             f"{options.bundle}; predicted seconds from its latency.json, no per-step overhead.")
+             f"{options.bundle}; predicted seconds from its latency.json, no per-step overhead. Right after the "
+             f"replay, the target's forwards at a {context_length}-token context took this much of the profile's "
+             f"prediction (timed as calibration times them; above 1x the machine ran slower than when the "
+             f"profile was taken): {drift_text}.")
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "table.md").write_text("\n".join([about, "", *lines]) + "\n")
     if not options.no_docs:

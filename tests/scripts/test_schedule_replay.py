@@ -59,3 +59,21 @@ def test_the_recorder_passes_the_drafter_through_and_records_each_step():
     assert recorder.name == "ngram" and recorder.drafts_in_one_call  # attributes reach the drafter
     empty = recorder.propose(torch.tensor([1, 2, 3]), TreeShape.chain(3), SamplingParams(), None)
     assert len(empty) == 0 and recorder.steps[-1][:2] == (3, 0)  # a lookup that found nothing still costs one call
+
+
+def test_speed_drift_is_measured_over_predicted_seconds_per_token_count():
+    from drafttrain.calibration.latency import Timing
+
+    models = Profile().models  # target: 0.010 + 0.001 * tokens + 1e-6 * context
+    timings = [Timing("target", 1, 100, 2 * (0.010 + 0.001 + 100e-6)), Timing("target", 16, 100, 0.010 + 0.016 + 100e-6)]
+    drift = schedule_replay.speed_drift(timings, models)
+    assert drift == {1: pytest.approx(2.0), 16: pytest.approx(1.0)}
+
+
+def test_the_target_is_timed_now_at_each_drift_token_count():
+    from conftest import runtime_model
+
+    timings = schedule_replay.time_target_now(runtime_model(0), 40)
+    assert sorted((t.level, t.tokens, t.context) for t in timings) == [("target", n, 40)
+                                                                        for n in schedule_replay.DRIFT_TOKENS]
+    assert all(t.seconds > 0 for t in timings)
