@@ -85,11 +85,18 @@ class Pricing:
         return self.forward(self.target, nodes + 1, context_length)
 
 
+def step_parts(steps: list[tuple[int, int, float]], pricing: Pricing, undrafted: int,
+               context_length: int) -> tuple[float, float]:
+    """Predicted (verify, drafting) seconds of one generation: each recorded step's verify and drafting, and
+    `undrafted` steps (the last ones, where the decoder asks for no draft) as one-token forwards."""
+    verify = sum(pricing.verify(nodes, length) for length, nodes, _ in steps)
+    drafting = sum(drafting for _, _, drafting in steps)
+    return verify + undrafted * pricing.verify(0, context_length), drafting
+
+
 def step_seconds(steps: list[tuple[int, int, float]], pricing: Pricing, undrafted: int, context_length: int) -> float:
-    """Predicted seconds of one generation: each recorded step's verify plus its drafting, and `undrafted`
-    steps (the last ones, where the decoder asks for no draft) as one-token forwards."""
-    seconds = sum(pricing.verify(nodes, length) + drafting for length, nodes, drafting in steps)
-    return seconds + undrafted * pricing.verify(0, context_length)
+    """Predicted seconds of one generation (`step_parts` added up)."""
+    return sum(step_parts(steps, pricing, undrafted, context_length))
 
 
 def chain_drafting(pricing: Pricing, level: str) -> Callable[[object, int, int], float]:
@@ -128,7 +135,8 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
         drafting = planned_drafting if label.startswith("dytc") else chain_drafting(pricing, "ngram")
         runner.drafter = Recorder(runner.drafter, drafting)
         runner.run(ids[0], seed)  # warm-up
-    totals = {label: {"tokens": 0, "forwards": 0, "predicted": 0.0, "measured": 0.0} for label in runners}
+    parts = ("predicted", "measured", "predicted_verify", "predicted_drafting", "measured_verify", "measured_drafting")
+    totals = {label: {"tokens": 0, "forwards": 0, **dict.fromkeys(parts, 0.0)} for label in runners}
     order = list(runners)
     for index, prompt in enumerate(ids):
         shift = (index * 3) % len(order)
@@ -141,8 +149,13 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
             total["tokens"] += len(output.tokens)
             total["forwards"] += output.stats.target_forwards
             undrafted = output.stats.target_forwards - len(steps)
-            total["predicted"] += step_seconds(steps, pricing, undrafted, len(prompt) + len(output.tokens))
+            verify, drafting = step_parts(steps, pricing, undrafted, len(prompt) + len(output.tokens))
+            total["predicted"] += verify + drafting
+            total["predicted_verify"] += verify
+            total["predicted_drafting"] += drafting
             total["measured"] += output.seconds - (output.prefill_seconds or 0.0)
+            total["measured_verify"] += output.stats.verify_seconds
+            total["measured_drafting"] += output.stats.draft_seconds
     return totals
 
 
@@ -170,14 +183,24 @@ def table(totals: dict[str, dict]) -> list[str]:
     best_predicted = max(chains, key=lambda label: rates[label][0])
     best_measured = max(chains, key=lambda label: rates[label][1])
     lines = [f"| method | tokens / step | predicted tokens/s | vs {best_predicted} (predicted) | measured decode "
-             f"tokens/s | vs {best_measured} (measured) | measured / predicted seconds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"tokens/s | vs {best_measured} (measured) | measured / predicted seconds | of which verify | "
+             f"of which drafting | measured ms per step: verify, drafting, rest |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for label, t in totals.items():
         predicted, measured = rates[label]
+        rest = t["measured"] - t["measured_verify"] - t["measured_drafting"]
+        per_step = ", ".join(f"{1000 * seconds / t['forwards']:.2f}"
+                             for seconds in (t["measured_verify"], t["measured_drafting"], rest))
         lines.append(f"| {label} | {t['tokens'] / t['forwards']:.2f} | {predicted:.0f} | "
                      f"{predicted / rates[best_predicted][0]:.2f}x | {measured:.0f} | "
-                     f"{measured / rates[best_measured][1]:.2f}x | {t['measured'] / t['predicted']:.2f} |")
+                     f"{measured / rates[best_measured][1]:.2f}x | {t['measured'] / t['predicted']:.2f} | "
+                     f"{ratio(t['measured_verify'], t['predicted_verify'])} | "
+                     f"{ratio(t['measured_drafting'], t['predicted_drafting'])} | {per_step} |")
     return lines
+
+
+def ratio(measured: float, predicted: float) -> str:
+    return f"{measured / predicted:.2f}" if predicted > 0 else "-"
 
 
 def main() -> int:

@@ -77,3 +77,21 @@ def test_the_target_is_timed_now_at_each_drift_token_count():
     assert sorted((t.level, t.tokens, t.context) for t in timings) == [("target", n, 40)
                                                                         for n in schedule_replay.DRIFT_TOKENS]
     assert all(t.seconds > 0 for t in timings)
+
+
+def test_a_generation_splits_into_verify_and_drafting():
+    pricing = schedule_replay.Pricing(Profile(), bucket=1)
+    steps = [(100, 4, 0.002), (105, 0, 0.0001)]
+    verify, drafting = schedule_replay.step_parts(steps, pricing, undrafted=1, context_length=110)
+    assert verify == pytest.approx(pricing.verify(4, 100) + pricing.verify(0, 105) + pricing.verify(0, 110))
+    assert drafting == pytest.approx(0.0021)
+
+
+def test_the_table_shows_each_part_measured_over_predicted_and_per_step():
+    base = {"tokens": 100, "forwards": 10, "predicted": 1.0, "measured": 1.5, "predicted_verify": 0.8,
+            "predicted_drafting": 0.2, "measured_verify": 1.0, "measured_drafting": 0.3}
+    lines = schedule_replay.table({"sd-ngram k=4": base, "dytc x": {**base, "predicted_drafting": 0.0}})
+    chain, dytc = lines[2].split(" | "), lines[3].split(" | ")
+    assert chain[6:9] == ["1.50", "1.25", "1.50"]  # total, verify, drafting: measured / predicted
+    assert chain[9] == "100.00, 30.00, 20.00 |"  # ms per step: verify, drafting, the rest (1.5 - 1.0 - 0.3 s)
+    assert dytc[8] == "-"  # nothing predicted: no ratio
