@@ -248,6 +248,38 @@ def test_measure_interleaves_levels_at_each_point():
         assert sorted(points[sweep * 4:(sweep + 1) * 4]) == [(1, 16), (1, 32), (2, 16), (2, 32)]
 
 
+def test_ngram_call_indexes_all_but_a_steps_tokens_before_the_timed_proposal():
+    from drafttrain.calibration.latency import NGRAM_STEP_TOKENS
+
+    text = torch.arange(24) % 7
+    drafter = NgramDrafter()
+    call = ngram_call(drafter, text)
+    call.prepare(2, 12)  # the first window at context 12 ends where the first copy of the text does
+    assert drafter.index.tokens == text[12:24 - NGRAM_STEP_TOKENS].tolist()
+    call(2, 12)
+    assert drafter.index.tokens == text[12:24].tolist()  # the timed call only extends the index
+    assert call.visits[2, 12] == 1  # prepare and its call read one window
+    call(2, 12)  # without `prepare`: the next window
+    assert call.visits[2, 12] == 2 and len(drafter.index.tokens) == 12
+
+
+def test_a_calls_prepare_runs_before_the_clock_starts(monkeypatch):
+    import drafttrain.calibration.latency as latency
+
+    events: list[str] = []
+
+    class Prepared:
+        def prepare(self, tokens: int, context: int) -> None:
+            events.append(f"prepare {tokens} {context}")
+
+        def __call__(self, tokens: int, context: int) -> None:
+            events.append("call")
+
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    latency._seconds(Prepared(), 3, 40)
+    assert events == ["prepare 3 40", "clock", "call", "clock"]
+
+
 def test_forward_call_checks_the_model_size():
     model = runtime_model(0, max_pos=64)
     call = model_forward_call(model)
