@@ -94,11 +94,6 @@ def step_parts(steps: list[tuple[int, int, float]], pricing: Pricing, undrafted:
     return verify + undrafted * pricing.verify(0, context_length), drafting
 
 
-def step_seconds(steps: list[tuple[int, int, float]], pricing: Pricing, undrafted: int, context_length: int) -> float:
-    """Predicted seconds of one generation (`step_parts` added up)."""
-    return sum(step_parts(steps, pricing, undrafted, context_length))
-
-
 def chain_drafting(pricing: Pricing, level: str) -> Callable[[object, int, int], float]:
     """One n-gram lookup per step, priced for the chain it returned (at least one token)."""
     return lambda drafter, context_length, nodes: pricing.forward(level, max(nodes, 1), context_length)
@@ -135,7 +130,7 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
         drafting = planned_drafting if label.startswith("dytc") else chain_drafting(pricing, "ngram")
         runner.drafter = Recorder(runner.drafter, drafting)
         runner.run(ids[0], seed)  # warm-up
-    parts = ("predicted", "measured", "predicted_verify", "predicted_drafting", "measured_verify", "measured_drafting")
+    parts = ("measured", "predicted_verify", "predicted_drafting", "measured_verify", "measured_drafting")
     totals = {label: {"tokens": 0, "forwards": 0, **dict.fromkeys(parts, 0.0)} for label in runners}
     order = list(runners)
     for index, prompt in enumerate(ids):
@@ -150,7 +145,6 @@ def replay(runners: dict, ids: list[list[int]], pricing: Pricing, seed: int) -> 
             total["forwards"] += output.stats.target_forwards
             undrafted = output.stats.target_forwards - len(steps)
             verify, drafting = step_parts(steps, pricing, undrafted, len(prompt) + len(output.tokens))
-            total["predicted"] += verify + drafting
             total["predicted_verify"] += verify
             total["predicted_drafting"] += drafting
             total["measured"] += output.seconds - (output.prefill_seconds or 0.0)
@@ -177,8 +171,12 @@ def time_target_now(target, context_length: int) -> list:
     return measure({TARGET_LEVEL: model_forward_call(target)}, DRIFT_TOKENS, [context_length], repeats=15)
 
 
+def predicted_seconds(total: dict) -> float:
+    return total["predicted_verify"] + total["predicted_drafting"]
+
+
 def table(totals: dict[str, dict]) -> list[str]:
-    rates = {label: (t["tokens"] / t["predicted"], t["tokens"] / t["measured"]) for label, t in totals.items()}
+    rates = {label: (t["tokens"] / predicted_seconds(t), t["tokens"] / t["measured"]) for label, t in totals.items()}
     chains = [label for label in totals if label.startswith("sd-ngram")]
     best_predicted = max(chains, key=lambda label: rates[label][0])
     best_measured = max(chains, key=lambda label: rates[label][1])
@@ -193,7 +191,7 @@ def table(totals: dict[str, dict]) -> list[str]:
                              for seconds in (t["measured_verify"], t["measured_drafting"], rest))
         lines.append(f"| {label} | {t['tokens'] / t['forwards']:.2f} | {predicted:.0f} | "
                      f"{predicted / rates[best_predicted][0]:.2f}x | {measured:.0f} | "
-                     f"{measured / rates[best_measured][1]:.2f}x | {t['measured'] / t['predicted']:.2f} | "
+                     f"{measured / rates[best_measured][1]:.2f}x | {t['measured'] / predicted_seconds(t):.2f} | "
                      f"{ratio(t['measured_verify'], t['predicted_verify'])} | "
                      f"{ratio(t['measured_drafting'], t['predicted_drafting'])} | {per_step} |")
     return lines
@@ -232,7 +230,7 @@ def main() -> int:
     lines = table(totals)
     context_length = int(np.median([len(prompt) for prompt in ids])) + options.max_new_tokens // 2
     drift = speed_drift(time_target_now(context.target, context_length), pricing.models)
-    drift_text = ", ".join(f"{tokens} token{'s' if tokens > 1 else ''} {ratio:.2f}x" for tokens, ratio in drift.items())
+    drift_text = ", ".join(f"{tokens} token{'s' if tokens > 1 else ''} {share:.2f}x" for tokens, share in drift.items())
     start, end = markers("schedule_replay")
     about = (f"Computed {datetime.date.today()} by `python scripts/schedule_replay.py {shlex.join(sys.argv[1:])}`: "
              f"{len(ids)} prompts of {options.prompts.name}, greedy, {options.max_new_tokens} new tokens, "

@@ -160,7 +160,7 @@ def ngram_call(drafter: NgramDrafter, text_ids: torch.Tensor, windows: int = 64)
     each timed call, `prepare` (untimed) lets the drafter index the window less its last
     NGRAM_STEP_TOKENS tokens, and the call proposes after the whole window: it is timed as a
     decoding step's lookup, cold after the other levels' forwards, not as indexing a new text
-    from scratch (which cost about twice as much on the reference target).
+    from scratch (on the reference target that priced a lookup at 0.27 ms, against 0.04 ms).
     """
     text_ids = text_ids.reshape(-1).cpu()
     length = text_ids.numel()

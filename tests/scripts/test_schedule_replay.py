@@ -45,8 +45,8 @@ def test_a_generation_costs_its_steps_verify_and_drafting_and_its_undrafted_forw
     pricing = schedule_replay.Pricing(Profile(), bucket=1)
     steps = [(100, 4, 0.002), (105, 0, 0.0001)]
     expected = (pricing.verify(4, 100) + 0.002) + (pricing.verify(0, 105) + 0.0001) + 2 * pricing.verify(0, 110)
-    assert schedule_replay.step_seconds(steps, pricing, undrafted=2, context_length=110) == pytest.approx(expected)
-    assert schedule_replay.step_seconds([], pricing, 0, 110) == 0.0
+    assert sum(schedule_replay.step_parts(steps, pricing, undrafted=2, context_length=110)) == pytest.approx(expected)
+    assert sum(schedule_replay.step_parts([], pricing, 0, 110)) == 0.0
 
 
 def test_the_recorder_passes_the_drafter_through_and_records_each_step():
@@ -88,7 +88,7 @@ def test_a_generation_splits_into_verify_and_drafting():
 
 
 def test_the_table_shows_each_part_measured_over_predicted_and_per_step():
-    base = {"tokens": 100, "forwards": 10, "predicted": 1.0, "measured": 1.5, "predicted_verify": 0.8,
+    base = {"tokens": 100, "forwards": 10, "measured": 1.5, "predicted_verify": 0.8,
             "predicted_drafting": 0.2, "measured_verify": 1.0, "measured_drafting": 0.3}
     lines = schedule_replay.table({"sd-ngram k=4": base, "dytc x": {**base, "predicted_drafting": 0.0}})
     chain, dytc = lines[2].split(" | "), lines[3].split(" | ")
