@@ -103,7 +103,7 @@ def main(config: PipelineConfig) -> int:
     # 1. the target: the user's, or pretrained here (cached like any stage)
     if config.target is None:
         target = stage(config, "pretrain", log, {}, records) / "model"
-        target_key = records[-1].key
+        target_key = records[-1].run
     else:
         target, target_key = config.target, combined_sha256(_identity_hashes(config.target))
 
@@ -115,7 +115,7 @@ def main(config: PipelineConfig) -> int:
     records.append(prompts)
     calibration, evaluation = prompts.dir / "calibration.jsonl", prompts.dir / "eval.jsonl"
     on_target = {"target": str(target)}
-    inputs = {"target": target_key, "prompts": prompts.key}
+    inputs = {"target": target_key, "prompts": prompts.run}
 
     # 3. a distilled draft and 4. self-draft levels (each optional)
     drafts = []
@@ -125,7 +125,7 @@ def main(config: PipelineConfig) -> int:
     if config.search.enabled:
         levels = stage(config, "search", {**on_target, "prompts": str(calibration), "wandb": config.wandb}, inputs,
                        records) / "levels.json"
-    upstream = {record.stage: record.key for record in records}
+    upstream = {record.stage: record.run for record in records}
 
     # 5. calibration on this hardware, 6. the bundle, 7. its evaluation beside the peers
     measured_on = config.calibrate.build("calibrate")
@@ -134,18 +134,18 @@ def main(config: PipelineConfig) -> int:
                                              "drafts": [str(path) for path in drafts], "levels": str(levels) if levels
                                              else None, "wandb": config.wandb},
                        {**upstream, "hardware": hardware}, records)
-    upstream = {record.stage: record.key for record in records}
+    upstream = {record.stage: record.run for record in records}
     bundle = stage(config, "export", {**on_target, "drafts": [str(path) for path in drafts],
                                       "levels": str(levels) if levels else None,
                                       "predictors": str(calibrated / "predictors.json"),
                                       "latency": str(calibrated / "latency.json"), "wandb": config.wandb},
                    upstream, records) / "bundle"
-    upstream = {record.stage: record.key for record in records}
+    upstream = {record.stage: record.run for record in records}
     evaluated = stage(config, "eval", {**on_target, "bundle": str(bundle), "prompts": str(evaluation),
                                        "wandb": config.wandb}, {**upstream, "hardware": hardware}, records)
 
     link = link_bundle(config.out, bundle)
-    summary = {"stages": [{"stage": r.stage, "dir": str(r.dir), "key": r.key, "cached": r.cached,
+    summary = {"stages": [{"stage": r.stage, "dir": str(r.dir), "key": r.key, "run": r.run, "cached": r.cached,
                            "seconds": r.seconds} for r in records], "target": str(target), "bundle": str(bundle),
                "report": str(evaluated / "report.md"), "seconds": time.perf_counter() - started}
     write_atomically(config.out / "pipeline.json", json.dumps(summary, indent=1) + "\n")

@@ -4,6 +4,11 @@ A finished stage leaves `stage.json` (its key, inputs and seconds) in its direct
 last. Running the pipeline again skips every stage whose key has a finished directory, so after a
 config change only the changed stage and those downstream of it run again; an interrupted stage
 runs again in the same directory, where its recipe resumes from its own checkpoints.
+
+Downstream stages key on an upstream stage's *run* (`StageRecord.run`, the hash of its
+`stage.json`), not on its key alone: a stage that runs again under the same key (its directory
+was removed, or its marker, to redo it) writes a new `stage.json`, so everything after it runs
+again too instead of reusing outputs made from the old run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class StageRecord:
     dir: Path
     cached: bool
     seconds: float
+    run: str  # sha256 of the stage.json that finished this run: what downstream stages key on
 
 
 def stage_dir(root: Path, stage: str, key: str) -> Path:
@@ -49,13 +55,20 @@ def run_cached(root: Path, stage: str, key: str, run: Callable[[Path], Any], inp
     """Run `run(dir)` unless the stage's directory for `key` holds a finished run."""
     directory = stage_dir(root, stage, key)
     marker = directory / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return StageRecord(stage, key, directory, True, json.loads(marker.read_text()).get("seconds", 0.0))
+    if marker.is_file():
+        text = marker.read_text()
+        finished = json.loads(text)
+        if finished.get("key") == key:
+            return StageRecord(stage, key, directory, True, finished.get("seconds", 0.0), _sha256(text))
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     run(directory)
     seconds = time.perf_counter() - started
-    write_atomically(marker, json.dumps({"stage": stage, "key": key, "inputs": inputs or {}, "seconds": seconds,
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                                        indent=1, default=str) + "\n")
-    return StageRecord(stage, key, directory, False, seconds)
+    text = json.dumps({"stage": stage, "key": key, "inputs": inputs or {}, "seconds": seconds,
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1, default=str) + "\n"
+    write_atomically(marker, text)
+    return StageRecord(stage, key, directory, False, seconds, _sha256(text))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

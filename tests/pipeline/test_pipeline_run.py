@@ -44,6 +44,17 @@ def test_tiny_pipeline_end_to_end_then_cached_then_only_what_changed(tmp_path, m
     assert ran(out) == {"pretrain": False, "prompts": False, "distill": False, "search": False,
                         "calibrate": False, "export": False, "eval": True}
 
+    # a stage redone under the same key (its marker removed) is a new run: what it feeds runs again
+    stages = {stage["stage"]: stage for stage in json.loads((out / "pipeline.json").read_text())["stages"]}
+    (Path(stages["calibrate"]["dir"]) / "stage.json").unlink()
+    assert main(command + ["eval.set.max_new_tokens=12"]) == 0
+    assert ran(out) == {"pretrain": False, "prompts": False, "distill": False, "search": False,
+                        "calibrate": True, "export": True, "eval": True}
+    redone = {stage["stage"]: stage for stage in json.loads((out / "pipeline.json").read_text())["stages"]}
+    assert redone["calibrate"]["dir"] == stages["calibrate"]["dir"] and redone["calibrate"]["run"] != \
+        stages["calibrate"]["run"]
+    assert redone["export"]["dir"] != stages["export"]["dir"]
+
 
 def test_stage_key_follows_config_and_inputs_but_not_where_outputs_go():
     from drafttrain.search.config import SearchConfig
