@@ -233,6 +233,12 @@ class ModelDrafter(_TransformerDrafter):
         grown.v[:, :, :self.cache.max_len] = self.cache.v
         self.cache = grown
 
+    def uncached_tokens(self, context_length: int) -> int:
+        """Tokens of a `context_length`-token context (the root included) that a propose there feeds
+        before the path below the root: those past the cache entries it trusts (0 when it trusts the
+        whole context, as after `keep_prefix` of that length). Schedulers price the feed by it."""
+        return context_length - min(self.cached, context_length)
+
     def keep_prefix(self, length: int) -> None:
         """Trust only the cache entries of the first `length` context tokens from now on: a scheduler
         that drafts below several tree nodes in one step calls this (with the committed length)

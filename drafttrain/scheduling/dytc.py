@@ -8,8 +8,8 @@ Each step starts from the root (the last committed token) and repeats:
    committed tokens per second (`scores.rate_after`; `choice="cas-spec"` uses CAS-Spec's T(S, k),
    `scores.dytc_score`, instead), with a_S the level's online acceptance estimate and the cost
    of drafting k tokens from that node predicted by the latency profile
-   (`scores.draft_seconds`: feeding the path to the node, then k - 1 single steps) plus the
-   larger verify forward;
+   (`scores.draft_seconds`: feeding the context tokens the level's cache lacks and the path to
+   the node, then k - 1 single steps) plus the larger verify forward;
 3. stop if the expected gain of that expansion per second (its expected accepted tokens over
    its drafting cost plus the larger verify forward) is below the rate the step already has
    (expected committed tokens per second, the bonus token included), or the tree is at its
@@ -60,6 +60,7 @@ from drafttrain.scheduling.tree import TreeBuilder
 MAX_ACCEPT = 0.999  # keeps a_S / (1 - a_S) finite
 LOGIT_EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before taking their logit
 COST_BUCKET = 16  # context lengths within a bucket share predicted costs
+MAX_PENDING = 64  # a level's first forward is priced as feeding at most this many context tokens
 
 
 @dataclass
@@ -125,6 +126,14 @@ class _Step:
 def _one_call(drafter: Drafter) -> bool:
     """Whether a chain of any length costs the drafter one call (the n-gram drafter), not k steps."""
     return bool(getattr(drafter, "drafts_in_one_call", False))
+
+
+def _pending(drafter: Drafter, context_length: int) -> int:
+    """Context tokens (the root included) the drafter's next forward must feed before the path: a
+    draft model with its own cache lags by every token committed since it last drafted
+    (`ModelDrafter.uncached_tokens`); a level over the target's cache lacks the root alone."""
+    uncached = getattr(drafter, "uncached_tokens", None)
+    return 1 if uncached is None else min(uncached(context_length), MAX_PENDING)
 
 
 @dataclass(frozen=True)
@@ -254,9 +263,11 @@ class DyTCDrafter:
 
     def _terms(self, level: str, step: _Step) -> LevelTerms:
         """What scoring the level's expansions needs this step."""
-        feed = self._cost_table(level, step.context_length, max(self.settings.max_depth, self.settings.k_max) + 2)
+        size = max(self.settings.max_depth, self.settings.k_max) + 2 + MAX_PENDING
+        feed = self._cost_table(level, step.context_length, size)
         accept = step.accept[level]
-        return LevelTerms(level, accept, self._tails(accept), feed, self._one_call[level])
+        return LevelTerms(level, accept, self._tails(accept), feed, self._one_call[level],
+                          _pending(self.levels[level], step.context_length))
 
     def _tails(self, accept: float) -> list[float]:
         """`geometric_tails` up to the deepest chain, cached by value: a level the schedule leaves out
@@ -293,11 +304,11 @@ class DyTCDrafter:
             self.ema.priors.setdefault(name, predictor.mean_acceptance)
 
     def _draft_seconds(self, level: str, depth: int, k: int, step: _Step) -> float:
-        """A model level feeds the root and the path to the node (depth + 1 tokens), then takes
-        k - 1 one-token steps; the n-gram drafter answers k tokens in one call, timed as such.
+        """A model level feeds the context tokens its cache lacks and the path to the node, then
+        takes k - 1 one-token steps; the n-gram drafter answers k tokens in one call, timed as such.
         Everything is priced at the step's context length (a few tokens more change little)."""
         terms = step.terms[level]
-        return float(draft_seconds(terms.feed, depth, k, terms.one_call))
+        return float(draft_seconds(terms.feed, depth, k, terms.one_call, terms.pending))
 
     def _choose(self, node: int, cumulative: float, step: _Step, budget: int, max_depth: int) -> _Expansion | None:
         depth = step.builder.depth(node)
@@ -353,6 +364,10 @@ class DyTCDrafter:
                                 sampling, generator)
         if hasattr(drafter, "keep_prefix"):
             drafter.keep_prefix(step.context_length)
+        terms = step.terms[expansion.level]
+        pending = _pending(drafter, step.context_length)
+        if pending != terms.pending:
+            step.terms[expansion.level] = terms._replace(pending=pending)
         if not len(draft):
             return []
         nodes = builder.graft(expansion.node, draft, expansion.level)

@@ -54,11 +54,19 @@ class Choice:
     score: float
 
 
-def draft_seconds(feed, depth: int, k, one_call: bool):
+def draft_seconds(feed, depth: int, k, one_call: bool, pending: int = 1):
     """Seconds to draft k tokens below a node at `depth`, from `feed[n]` (a forward over n tokens):
-    a model level feeds the root and the path (depth + 1 tokens), then takes k - 1 one-token
-    steps; a one-call level (the n-gram drafter) answers k tokens in one call. `k` may be an array."""
-    return feed[k] if one_call else feed[depth + 1] + (k - 1) * feed[1]
+    a model level first feeds the context tokens its cache lacks (`pending`: the root alone for a
+    level that shares the target's cache) and the path (depth tokens), at least one token, then
+    takes k - 1 one-token steps; a one-call level (the n-gram drafter) answers k tokens in one
+    call. `k` may be an array."""
+    return feed[k] if one_call else feed[first_feed(depth, pending)] + (k - 1) * feed[1]
+
+
+def first_feed(depth: int, pending: int) -> int:
+    """Tokens in a model level's first forward below a node at `depth` when its cache lacks the last
+    `pending` context tokens: those and the path, and at least the node itself."""
+    return max(depth + pending, 1)
 
 
 def geometric_tails(accept_prob: float, k_max: int) -> list[float]:
@@ -68,15 +76,18 @@ def geometric_tails(accept_prob: float, k_max: int) -> list[float]:
 
 
 class LevelTerms(NamedTuple):
-    """What scoring expansions by one level needs, fixed for a whole step: its acceptance estimate a,
-    1 - a^k (`geometric_tails`), the seconds of a forward of n tokens `feed[n]` and whether a chain of
-    any length costs it one call. (Named tuples: built several times per step, cheaply.)"""
+    """What scoring expansions by one level needs: its acceptance estimate a, 1 - a^k
+    (`geometric_tails`), the seconds of a forward of n tokens `feed[n]`, whether a chain of any
+    length costs it one call, and how many context tokens its cache lacks (`draft_seconds`'s
+    `pending`). Fixed for a step, but `pending`, which falls to 0 once the level has drafted in
+    the step. (Named tuples: built several times per step, cheaply.)"""
 
     name: str
     accept_prob: float
     tails: Sequence[float]
     feed: Sequence[float]
     one_call: bool
+    pending: int = 1
 
 
 class StepTotals(NamedTuple):
@@ -89,11 +100,11 @@ class StepTotals(NamedTuple):
     verify: Sequence[float]
 
 
-def chain_seconds(feed: Sequence[float], depth: int, k_max: int, one_call: bool) -> list[float]:
+def chain_seconds(feed: Sequence[float], depth: int, k_max: int, one_call: bool, pending: int = 1) -> list[float]:
     """`draft_seconds` for k = 1 .. k_max, the same sums in plain Python."""
     if one_call:
         return list(feed[1:k_max + 1])
-    first, single = feed[depth + 1], feed[1]
+    first, single = feed[first_feed(depth, pending)], feed[1]
     return [first + steps * single for steps in range(k_max)]
 
 
@@ -112,7 +123,7 @@ def best_rate(levels: Iterable[tuple[LevelTerms, int]], cumulative: float, depth
     best: Choice | None = None
     for terms, k_max in levels:
         reach, spread = cumulative * terms.accept_prob, 1.0 - terms.accept_prob
-        drafting = chain_seconds(terms.feed, depth, k_max, terms.one_call)
+        drafting = chain_seconds(terms.feed, depth, k_max, terms.one_call, terms.pending)
         rates = [(base + reach * tail / spread) / (spent + seconds + verify)
                  for tail, seconds, verify in zip(terms.tails, drafting, verify_after)]  # k = 1 .. k_max
         if rates:

@@ -86,7 +86,7 @@ def vectorized_best_rate(levels, cumulative, depth, step):
         ks = np.arange(1, k_max + 1)
         accept = terms.accept_prob
         gains = cumulative * accept * (1.0 - accept ** ks) / (1.0 - accept)
-        drafting = draft_seconds(np.asarray(terms.feed), depth, ks, terms.one_call)
+        drafting = draft_seconds(np.asarray(terms.feed), depth, ks, terms.one_call, terms.pending)
         verify = np.asarray(step.verify)[np.minimum(step.nodes + ks, len(step.verify) - 1)]
         rates = (1.0 + step.gain + gains) / (step.draft_seconds + drafting + verify)
         options += zip([terms.name] * len(ks), ks.tolist(), rates.tolist())
@@ -100,9 +100,9 @@ def test_best_rate_equals_the_vectorized_scoring(seed):
     levels = []
     for i in range(rng.randint(1, 5)):
         accept = rng.choice([0.0, 0.999, rng.random() * 0.999])
-        feed = sorted(rng.random() * 1e-3 for _ in range(max_depth + 2))
+        feed = sorted(rng.random() * 1e-3 for _ in range(max_depth + 2 + 8))
         one_call = i == 0
-        terms = LevelTerms(f"level{i}", accept, geometric_tails(accept, max_depth), feed, one_call)
+        terms = LevelTerms(f"level{i}", accept, geometric_tails(accept, max_depth), feed, one_call, rng.randint(0, 8))
         levels.append((terms, rng.randint(0, max_depth if one_call else 8)))
     verify = sorted(0.005 + rng.random() * 0.01 for _ in range(rng.randint(2, 64)))
     step = StepTotals(rng.random() * 4, rng.random() * 2e-3, rng.randint(0, 40), verify)
@@ -120,9 +120,20 @@ def test_best_rate_keeps_the_first_of_equal_options_and_none_without_options():
 
 
 def test_chain_seconds_are_draft_seconds_for_every_length():
-    feed = [0.0, 0.25, 0.5, 0.75, 1.0, 1.3]
+    feed = [0.0, 0.25, 0.5, 0.75, 1.0, 1.3, 1.6, 1.9]
     for one_call in (False, True):
-        assert chain_seconds(feed, 2, 3, one_call) == [draft_seconds(feed, 2, k, one_call) for k in (1, 2, 3)]
+        for pending in (0, 1, 3):
+            assert chain_seconds(feed, 2, 3, one_call, pending) == [draft_seconds(feed, 2, k, one_call, pending)
+                                                                    for k in (1, 2, 3)]
+
+
+def test_draft_seconds_feed_what_the_cache_lacks_then_single_steps():
+    feed = [0.0, 1.0, 1.5, 1.75, 2.0, 2.25, 2.5]
+    assert draft_seconds(feed, 2, 3, False) == 1.75 + 2 * 1.0  # the root and a path of 2, then 2 steps
+    assert draft_seconds(feed, 2, 3, False, pending=4) == 2.5 + 2 * 1.0  # 4 context tokens lag, then the path
+    assert draft_seconds(feed, 2, 1, False, pending=0) == 1.5  # the whole context cached: the path alone
+    assert draft_seconds(feed, 0, 1, False, pending=0) == 1.0  # at the root, at least the root itself
+    assert draft_seconds(feed, 2, 3, True, pending=4) == 1.75  # one call: the chain's own length
 
 
 def test_geometric_tails_are_one_minus_the_powers():

@@ -211,6 +211,50 @@ def test_dytc_falls_back_when_a_level_drafts_nothing():
     assert tree.levels == ["self0"] * 6 + ["ngram"] * 2
 
 
+class LaggingDrafter(FixedDrafter):
+    """A FixedDrafter whose cache lacks the last `lag` context tokens until it has drafted, as a
+    draft model's does after steps drafted by other levels."""
+
+    def __init__(self, name: str, q: float, lag: int) -> None:
+        super().__init__(name, q)
+        self.lag, self.cached = lag, None
+
+    def uncached_tokens(self, context_length: int) -> int:
+        return self.lag if self.cached is None else context_length - min(self.cached, context_length)
+
+    def keep_prefix(self, length: int) -> None:
+        self.cached = length
+
+
+@pytest.mark.parametrize("lag", [1, 6])
+def test_dytc_prices_a_draft_feeding_the_context_its_cache_lacks(lag):
+    """Two chains of one token: the first (below the root) feeds the `lag` context tokens the draft
+    lacks, the second (below the first, whose path holds one token) only that token."""
+    drafter = LaggingDrafter("draft0", q=0.9, lag=lag)
+    latency = profile({"target": (1.0, 0.01), "draft0": (0.01, 0.002)})
+    dytc = DyTCDrafter({"draft0": drafter}, {"greedy": {"draft0": identity_predictor(0.9)}}, latency, 8,
+                       settings=DyTCSettings(k_max=1, max_depth=2, siblings=False))
+    tree = dytc.propose(torch.tensor([1, 2, 3, 4, 5, 6, 7]), capacity_shape(8, 2), GREEDY, None)
+    assert len(tree) == 2 and dytc.last_plan.expansions == ((-1, "draft0", 1), (0, "draft0", 1))
+    forward = latency.models["draft0"]
+    expected = forward.predict(lag, 0) + forward.predict(1, 0)
+    assert dytc.last_plan.draft_seconds == pytest.approx(expected)
+
+
+def test_a_draft_models_uncached_tokens_are_what_its_next_propose_feeds():
+    draft = ModelDrafter(runtime_model(1, vocab=16, layers=1), 16)
+    fed = []
+    forward = draft.model.forward
+    draft.model.forward = lambda tokens, *args, **kwargs: fed.append(len(tokens)) or forward(tokens, *args, **kwargs)
+    context = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])
+    assert draft.uncached_tokens(5) == 5  # a new sequence: the whole context
+    draft.propose(context[:5], TreeShape.chain(1), GREEDY, None)
+    draft.keep_prefix(5)
+    assert fed == [5] and draft.uncached_tokens(5) == 0 and draft.uncached_tokens(8) == 3
+    draft.propose(context, TreeShape.chain(1), GREEDY, None)
+    assert fed[-1] == 3
+
+
 def levels_for(decoder: SpeculativeDecoder, vocab: int) -> dict:
     return {"draft0": ModelDrafter(runtime_model(1, vocab=vocab, layers=2), vocab),
             "self0": SelfDrafter(decoder, SelfDraftView(skip_mlp=frozenset({1})), name="self0"),
