@@ -24,6 +24,7 @@ import torch
 import drafttrain.pipeline
 from drafttrain.bundle.identity import combined_sha256, target_identity
 from drafttrain.calibration.latency import hardware_fingerprint
+from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.methods import DTYPES
 from drafttrain.io import file_sha256, write_atomically
 from drafttrain.pipeline.cache import StageRecord, run_cached, stage_key
@@ -57,30 +58,46 @@ def _out_for(name: str, directory: Path) -> Path:
 
 
 def write_prompt_sets(config: PipelineConfig, target: Path, directory: Path) -> None:
-    """calibration.jsonl from the corpus's training text; eval.jsonl given, or from held-out text."""
-    from drafttrain.data import (
-        build_prompt_set,
-        held_out_documents,
-        iter_documents,
-        split_documents,
-        write_prompts,
-    )
+    """calibration.jsonl and eval.jsonl (the given file, or cut from held-out text).
+
+    Calibration prompts come from the corpus's training text, or with `prompts.calibration_text:
+    held_out` from held-out text disjoint from the evaluation prompts': the held-out documents none
+    of the given evaluation prompts was cut from, or, when the pipeline cuts them itself, a
+    seed-chosen half of the held-out documents (the other half gives the evaluation prompts)."""
+    from drafttrain.data import build_prompt_set, documents_without, split_documents, write_prompts
+    from drafttrain.evaluation.prompts import load_prompts
     from drafttrain.runtime import load_tokenizer
 
     settings, tokenizer = config.prompts, load_tokenizer(target)
     kind = "text" if settings.corpus.kind == "jsonl" else "code"
-    documents = list(iter_documents(settings.corpus))
-    if settings.corpus.kind == "stdlib" and settings.corpus.exclude_packages:
-        held_out = list(held_out_documents(settings.corpus))
-    else:
-        documents, held_out = split_documents(documents, 0.1, settings.seed)
-    write_prompts(build_prompt_set(documents, tokenizer, kind, settings.calibration, settings.context_tokens,
-                                   settings.seed), directory / "calibration.jsonl")
+    calibration_source, held_out = _training_and_held_out(settings)
     if config.eval_prompts is not None:
         shutil.copyfile(config.eval_prompts, directory / "eval.jsonl")
+        if settings.calibration_text == "held_out":
+            cut = (prompt.text for prompt in load_prompts(config.eval_prompts))
+            calibration_source = documents_without(held_out, cut)
     else:
+        if settings.calibration_text == "held_out":
+            held_out, calibration_source = split_documents(held_out, 0.5, settings.seed)
         write_prompts(build_prompt_set(held_out, tokenizer, kind, settings.evaluation, settings.context_tokens,
                                        settings.seed), directory / "eval.jsonl")
+    if not calibration_source:
+        raise DrafttrainError("prompts.calibration_text: held_out, but no held-out document is left once the "
+                              "evaluation prompts' sources are set aside. Fix: hold out more text "
+                              "(corpus.exclude_packages) or use calibration_text: training")
+    write_prompts(build_prompt_set(calibration_source, tokenizer, kind, settings.calibration,
+                                   settings.context_tokens, settings.seed), directory / "calibration.jsonl")
+
+
+def _training_and_held_out(settings) -> tuple[list, list]:
+    """The corpus's training documents and its held-out ones (the excluded stdlib packages, or a
+    seed-chosen tenth of the documents)."""
+    from drafttrain.data import held_out_documents, iter_documents, split_documents
+
+    documents = list(iter_documents(settings.corpus))
+    if settings.corpus.kind == "stdlib" and settings.corpus.exclude_packages:
+        return documents, list(held_out_documents(settings.corpus))
+    return split_documents(documents, 0.1, settings.seed)
 
 
 def link_bundle(out: Path, bundle: Path) -> Path:
@@ -117,10 +134,11 @@ def main(config: PipelineConfig) -> int:
     on_target = {"target": str(target)}
     inputs = {"target": target_key, "prompts": prompts.run}
 
-    # 3. a distilled draft and 4. self-draft levels (each optional)
+    # 3. a distilled draft (it reads the target and its own corpus, not the prompts) and 4. self-draft
+    # levels (searched on the calibration prompts); each optional
     drafts = []
     if config.distill.enabled:
-        drafts = [stage(config, "distill", {**on_target, **log}, inputs, records) / "draft"]
+        drafts = [stage(config, "distill", {**on_target, **log}, {"target": target_key}, records) / "draft"]
     levels = None
     if config.search.enabled:
         levels = stage(config, "search", {**on_target, "prompts": str(calibration), "wandb": config.wandb}, inputs,

@@ -2,8 +2,8 @@
 and at temperature 0.7, and the lossy speculative cascades' quality/speed curve.
 
 1. Tune every baseline's fixed settings (k, k-matrix, tree size) and DyTC's (which levels it schedules,
-   how deep and large its trees grow) on calibration prompts from the training text (never
-   prompts-dev): each candidate runs interleaved with the others on the same prompts in one process;
+   how deep and large its trees grow) on calibration prompts (the pipeline's: held-out files that
+   prompts-dev was not cut from, or training text; never prompts-dev): each candidate runs interleaved with the others on the same prompts in one process;
    each method's two fastest then run again on as many further prompts, and the one with the most
    tokens/s over both rounds wins. Separately per mode.
 2. `drafttrain eval` on prompts-dev with every method at its tuned settings, greedy (with the
@@ -301,7 +301,7 @@ def main() -> int:
     minutes = (time.perf_counter() - started) / 60
     replace_section("bench_schedule", "Scheduling: DyTC, the baselines, the oracle, lossy cascades (issue 6)",
                     section(reports, tuned, commands, curve, minutes, sys.argv[1:],
-                            options.tune_prompts))
+                            options.tune_prompts, tune_prompts))
     print(f"docs/benchmarks.md updated ({minutes:.1f} min)")
     return 0
 
@@ -316,7 +316,7 @@ def lossy_table(report: dict) -> list[str]:
 
 
 def section(reports: dict, tuned: dict, commands: list[str], curve: Path, minutes: float, argv: list[str],
-            tune_prompts: int) -> str:
+            tune_prompts: int, tune_file: Path) -> str:
     greedy_table, greedy = methods_table(reports["greedy"], BASELINES)
     sampling_table, sampling = methods_table(reports["t0.7"], BASELINES)
     lines = [START, "", f"Measured {datetime.date.today()} on {reports['greedy']['device']} by "
@@ -331,7 +331,7 @@ def section(reports: dict, tuned: dict, commands: list[str], curve: Path, minute
              f"`{sampling['best_baseline']}`; dytc is {sampling['dytc_vs_best']:.2f}x its tokens/s "
              f"({sampling['dytc_vs_best_decode']:.2f}x without the prefill).", "",
              *sampling_table, "",
-             ("Baseline and DyTC settings tuned on calibration prompts from the training text (greedy; DyTC's "
+             (f"Baseline and DyTC settings tuned on the calibration prompts in `{tune_file}` (greedy; DyTC's "
               "candidates: which levels it schedules, and its trees' max_depth and budget_factor). Every candidate "
               f"ran on {tune_prompts} prompts, each method's {FINALISTS} fastest on {tune_prompts} more; the "
               "speedup shown is the winner's over both rounds:"), "",

@@ -16,7 +16,7 @@ from drafttrain.data.packing import (
     split_documents,
     tokenize_documents,
 )
-from drafttrain.data.prompts import build_prompt_set, write_prompts
+from drafttrain.data.prompts import build_prompt_set, documents_without, write_prompts
 from drafttrain.data.tokenizer import ENDOFTEXT, train_bpe_tokenizer
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "build_packed_corpus",
     "build_prompt_set",
     "cache_key",
+    "documents_without",
     "held_out_documents",
     "iter_documents",
     "pack_sequences",

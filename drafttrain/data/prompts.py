@@ -177,6 +177,14 @@ class _ContextFitter:
 # --------------------------------------------------------------------------------------------
 
 
+def documents_without(documents: Iterable[Document], prompts: Iterable[str]) -> list[Document]:
+    """The documents that none of `prompts` was cut from (a prompt is a contiguous slice of its
+    document), in their order: held-out text for calibration prompts that is disjoint from the
+    evaluation prompts' sources."""
+    cut_from = [prompt for prompt in prompts if prompt]
+    return [document for document in documents if not any(prompt in document.text for prompt in cut_from)]
+
+
 def write_prompts(prompts: Sequence[dict], path: str | Path) -> Path:
     """Write `prompts` as JSONL (one {"id", "prompt", ...} per line) atomically; returns the path."""
     path = Path(path)

@@ -44,8 +44,11 @@ class PromptsConfig:
     """Prompt sets the pipeline builds from the corpus with the target's tokenizer."""
 
     corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(kind="stdlib", max_documents=400))
-    calibration: int = _help("calibration prompts (search, calibrate), from the corpus's training text",
-                             default=24)
+    calibration: int = _help("calibration prompts (search, calibrate, and the tuning in scripts/)", default=24)
+    calibration_text: Literal["training", "held_out"] = _help(
+        "where calibration prompts are cut from: the corpus's training text, or held-out text the evaluation "
+        "prompts were not cut from (text neither the target nor the draft trained on, like what evaluation "
+        "and serving see)", default="training")
     evaluation: int = _help("evaluation prompts from the held-out packages when eval_prompts is not given",
                             default=20)
     context_tokens: int = _help("tokens of context per prompt (at most)", default=256)
@@ -54,6 +57,9 @@ class PromptsConfig:
     def __post_init__(self) -> None:
         if min(self.calibration, self.evaluation, self.context_tokens) <= 0:
             raise DrafttrainError("prompts: calibration, evaluation and context_tokens must be positive")
+        if self.calibration_text not in ("training", "held_out"):
+            raise DrafttrainError(f"prompts.calibration_text: {self.calibration_text!r} is invalid. "
+                                  "Fix: use 'training' or 'held_out'")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from drafttrain.data.corpus import CorpusConfig, Document, held_out_documents
 from drafttrain.data.prompts import (
     build_prompt_set,
     code_cuts,
+    documents_without,
     text_cuts,
     write_prompts,
 )
@@ -108,6 +109,16 @@ def test_code_prompts_from_held_out_stdlib(tokenizer):
     prompts = build_prompt_set(documents, tokenizer, "code", num_prompts=3, context_tokens=64)
     assert len(prompts) == 3 and all(p["source"].startswith("json/") for p in prompts)
     assert all(num_tokens(tokenizer, p["prompt"]) <= 64 for p in prompts)
+
+
+def test_documents_without_drops_every_document_a_prompt_was_cut_from(tokenizer):
+    documents = list(held_out_documents(CorpusConfig(exclude_packages=["json"])))
+    prompts = build_prompt_set(documents, tokenizer, "code", num_prompts=2, context_tokens=64)
+    kept = documents_without(documents, [p["prompt"] for p in prompts])
+    assert {d.id for d in kept} == {d.id for d in documents} - {p["source"] for p in prompts}
+    assert [d.id for d in kept] == [d.id for d in documents if d in kept]  # order kept
+    assert documents_without(documents, []) == documents
+    assert documents_without(documents, [""]) == documents  # an empty prompt is cut from nothing
 
 
 def test_code_cuts_find_only_single_line_defs():

@@ -55,6 +55,19 @@ def test_tiny_pipeline_end_to_end_then_cached_then_only_what_changed(tmp_path, m
         stages["calibrate"]["run"]
     assert redone["export"]["dir"] != stages["export"]["dir"]
 
+    # calibration prompts from held-out text: new prompts, so everything that reads them runs again,
+    # but not the draft's distillation, which reads the target and its own corpus only
+    assert main(command + ["eval.set.max_new_tokens=12", "prompts.calibration_text=held_out"]) == 0
+    assert ran(out) == {"pretrain": False, "prompts": True, "distill": False, "search": True,
+                        "calibrate": True, "export": True, "eval": True}
+    prompts_dir = Path(next(s for s in json.loads((out / "pipeline.json").read_text())["stages"]
+                            if s["stage"] == "prompts")["dir"])
+    sources = {name: {json.loads(line)["source"] for line in (prompts_dir / name).read_text().splitlines()}
+               for name in ("calibration.jsonl", "eval.jsonl")}
+    assert not sources["calibration.jsonl"] & sources["eval.jsonl"]
+    held_out = ("json/", "email/", "http/", "urllib/", "xml/", "asyncio/", "tomllib/", "zoneinfo/")
+    assert all(source.startswith(held_out) for source in sources["calibration.jsonl"])
+
 
 def test_stage_key_follows_config_and_inputs_but_not_where_outputs_go():
     from drafttrain.search.config import SearchConfig
@@ -101,3 +114,30 @@ def test_quickstart_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quickstart", "--help"])
     assert exit_info.value.code == 0 and "--target" in capsys.readouterr().out
+
+
+def test_held_out_calibration_prompts_skip_the_given_evaluation_prompts_sources(tmp_path, tiny_target):
+    from drafttrain.data import held_out_documents
+    from drafttrain.data.corpus import CorpusConfig
+    from recipes.pipeline import write_prompt_sets
+
+    corpus = {"kind": "stdlib", "exclude_packages": ["json", "tomllib"]}
+    documents = {d.id: d.text for d in held_out_documents(CorpusConfig(**corpus))}
+    cut_from = sorted(documents)[:2]  # the evaluation prompts are cut from these two files
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text("".join(json.dumps({"id": f"e{i}", "prompt": documents[name][:200]}) + "\n"
+                                  for i, name in enumerate(cut_from)))
+
+    def calibration_sources(calibration_text: str) -> set[str]:
+        config = load_config(PipelineConfig, None, [f"eval_prompts={evaluation}", f"prompts.corpus={json.dumps(corpus)}",
+                                                    f"prompts.calibration_text={calibration_text}",
+                                                    "prompts.calibration=20", "prompts.context_tokens=64"])
+        out = tmp_path / calibration_text
+        out.mkdir()
+        write_prompt_sets(config, tiny_target, out)
+        assert (out / "eval.jsonl").read_text() == evaluation.read_text()
+        return {json.loads(line)["source"] for line in (out / "calibration.jsonl").read_text().splitlines()}
+
+    held_out = calibration_sources("held_out")
+    assert held_out and held_out <= set(documents) - set(cut_from)
+    assert not calibration_sources("training") & set(documents)  # training text: never held-out files
