@@ -28,7 +28,7 @@ from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.methods import DTYPES
 from drafttrain.io import file_sha256, write_atomically
 from drafttrain.pipeline.cache import StageRecord, run_cached, stage_key
-from drafttrain.pipeline.config import PipelineConfig
+from drafttrain.pipeline.config import PipelineConfig, PromptsConfig
 
 CONFIG = PipelineConfig
 QUICKSTART = Path(drafttrain.pipeline.__file__).parent / "quickstart.yaml"
@@ -81,7 +81,7 @@ def write_prompt_sets(config: PipelineConfig, target: Path, directory: Path) -> 
             held_out, calibration_source = split_documents(held_out, 0.5, settings.seed)
         write_prompts(build_prompt_set(held_out, tokenizer, kind, settings.evaluation, settings.context_tokens,
                                        settings.seed), directory / "eval.jsonl")
-    if not calibration_source:
+    if settings.calibration_text == "held_out" and not calibration_source:
         raise DrafttrainError("prompts.calibration_text: held_out, but no held-out document is left once the "
                               "evaluation prompts' sources are set aside. Fix: hold out more text "
                               "(corpus.exclude_packages) or use calibration_text: training")
@@ -89,7 +89,7 @@ def write_prompt_sets(config: PipelineConfig, target: Path, directory: Path) -> 
                                    settings.context_tokens, settings.seed), directory / "calibration.jsonl")
 
 
-def _training_and_held_out(settings) -> tuple[list, list]:
+def _training_and_held_out(settings: PromptsConfig) -> tuple[list, list]:
     """The corpus's training documents and its held-out ones (the excluded stdlib packages, or a
     seed-chosen tenth of the documents)."""
     from drafttrain.data import held_out_documents, iter_documents, split_documents

@@ -3,7 +3,8 @@ and at temperature 0.7, and the lossy speculative cascades' quality/speed curve.
 
 1. Tune every baseline's fixed settings (k, k-matrix, tree size) and DyTC's (which levels it schedules,
    how deep and large its trees grow) on calibration prompts (the pipeline's: held-out files that
-   prompts-dev was not cut from, or training text; never prompts-dev): each candidate runs interleaved with the others on the same prompts in one process;
+   prompts-dev was not cut from, or training text; never prompts-dev): each candidate runs
+   interleaved with the others on the same prompts in one process;
    each method's two fastest then run again on as many further prompts, and the one with the most
    tokens/s over both rounds wins. Separately per mode.
 2. `drafttrain eval` on prompts-dev with every method at its tuned settings, greedy (with the

@@ -57,9 +57,6 @@ class PromptsConfig:
     def __post_init__(self) -> None:
         if min(self.calibration, self.evaluation, self.context_tokens) <= 0:
             raise DrafttrainError("prompts: calibration, evaluation and context_tokens must be positive")
-        if self.calibration_text not in ("training", "held_out"):
-            raise DrafttrainError(f"prompts.calibration_text: {self.calibration_text!r} is invalid. "
-                                  "Fix: use 'training' or 'held_out'")
 
 
 @dataclass
