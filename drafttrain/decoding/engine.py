@@ -120,7 +120,10 @@ class SpeculativeDecoder:
         if self.verify != "eager":
             needed += BUCKETS[-1]  # a padded step writes up to a whole bucket past the committed length
         if self.cache is None or self.cache.max_len < needed:
-            self.cache = self.target.new_cache(needed)
+            # grown geometrically (up to the model's window) so that a run over prompts of rising
+            # length reallocates a few times, not at every longer prompt
+            grown = 0 if self.cache is None else min(2 * self.cache.max_len, self.target.args.max_position_embeddings)
+            self.cache = self.target.new_cache(max(needed, grown))
             self.verifier = fixed_shape_forward(self.verify, self.target, self.cache, self.compile)
         self.cache.reset()
         return self.cache

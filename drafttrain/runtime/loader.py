@@ -201,7 +201,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
     model._init_rope()
     model = model.to(device=device, dtype=dtype)
     model._init_rope(device)
-    return model.eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    return model.use_input_major_weights() if model.device.type == "cpu" else model
 
 
 def load_tokenizer(path: str | Path):

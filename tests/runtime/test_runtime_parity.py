@@ -189,3 +189,44 @@ def test_bf16_load_is_close_to_fp32(family, checkpoints, runtime_models):
     assert _max_diff(logits, ref) <= 0.05 * scale + 0.05
     agree = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
     assert agree >= 0.8
+
+
+def test_cpu_loads_keep_projections_input_major_with_the_same_logits(checkpoints, runtime_models):
+    tokens, built = checkpoints
+    model = runtime_models["llama"]
+    for layer in (model.layers[0].attn.wqkv, model.layers[-1].mlp.w2):
+        out_features, in_features = layer.weight.shape
+        assert layer.weight.stride() == (1, out_features)  # [in, out] in memory, read as [out, in]
+    assert model.lm_head.weight.stride() == (model.args.hidden_size, 1)  # the head (tied or not) keeps rows
+    torch.manual_seed(0)
+    fresh = type(model)(model.args)
+    fresh.load_state_dict({name: value.contiguous() for name, value in model.state_dict().items()})
+    with torch.no_grad():
+        before = fresh(tokens, torch.arange(SEQ), fresh.new_cache(64), 0)
+        after = fresh.use_input_major_weights()(tokens, torch.arange(SEQ), fresh.new_cache(64), 0)
+    assert fresh.layers[0].mlp.w13.weight.stride()[0] == 1
+    assert _max_diff(before, after) <= 1e-5 and _max_diff(after, built["llama"][1]) <= TOL
+
+
+@pytest.mark.parametrize("layers", (1, 2))
+def test_the_last_layer_computes_only_the_rows_asked_for(layers):
+    """Leaving out the last layer's other rows returns the same logits and writes the same cache."""
+    from conftest import runtime_model
+    from drafttrain.runtime.cache import tree_mask
+
+    model = runtime_model(seed=3, vocab=40, layers=layers)
+    tokens = torch.randint(0, 40, (12,), generator=torch.Generator().manual_seed(0))
+    full_cache, pruned_cache = model.new_cache(32), model.new_cache(32)
+    with torch.no_grad():
+        full = model(tokens[:8], torch.arange(8), full_cache, 0)  # every row (a prefill from slot 0)
+        assert torch.allclose(model(tokens[:8], torch.arange(8), pruned_cache, 0, logits_rows=slice(-1, None)),
+                              full[-1:], atol=1e-5)
+        assert model(tokens[:8], torch.arange(8), pruned_cache, 0, logits_rows=None) is None
+        assert torch.equal(full_cache.k, pruned_cache.k) and torch.equal(full_cache.v, pruned_cache.v)
+        parents = [-1, 0, 0]  # a tree after slot 8: the root, two children of the first node
+        mask, positions = tree_mask(8, parents, "cpu"), torch.tensor([8, 9, 10, 10])
+        full = model(tokens[8:12], positions, full_cache, 8, mask)
+        rows = torch.tensor([0, 3])
+        assert torch.allclose(model(tokens[8:12], positions, pruned_cache, 8, mask, logits_rows=rows), full[rows],
+                              atol=1e-5)
+        assert torch.equal(full_cache.k, pruned_cache.k)
