@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -33,14 +35,17 @@ from drafttrain.calibration.acceptance import fit_predictors
 from drafttrain.calibration.config import CalibrateConfig
 from drafttrain.calibration.latency import (
     HELD_OUT_TOKEN_COUNTS,
+    SMALLEST_CONTEXT,
     TARGET_LEVEL,
     LatencyProfile,
     context_buckets,
     hardware_fingerprint,
+    mape,
     measure,
     model_forward_call,
     ngram_call,
     split_timings,
+    token_count_shape,
 )
 from drafttrain.calibration.plots import reliability_diagram
 from drafttrain.calibration.report import evaluate_predictors, report_markdown
@@ -136,9 +141,34 @@ def calibrate_latency(decoder: SpeculativeDecoder, drafters: dict[str, Drafter],
                       sorted(fit_contexts + held_contexts), repeats, warmup, progress)
     fit, held = split_timings(timings, token_counts, fit_contexts)
     profile = LatencyProfile.from_timings(hardware_fingerprint(decoder.target.device, dtype), fit, held)
-    summary = {"mape": profile.mape, "fit_timings": _per_level(fit), "held_out_timings": _per_level(held),
+    shape_mape = add_verify_shape(profile, decoder, prompt_ids, token_counts, fit_contexts[-1], held, repeats, warmup)
+    summary = {"mape": profile.mape, "target_mape_smooth_and_shaped": shape_mape, "fit_timings": _per_level(fit),
+               "held_out_timings": _per_level(held),
                "fingerprint": profile.fingerprint, "grid": profile.grid}
     return profile, summary
+
+
+def add_verify_shape(profile: LatencyProfile, decoder: SpeculativeDecoder, prompt_ids: list[list[int]],
+                     token_counts: list[int], longest: int, held: list, repeats: int, warmup: int) -> dict:
+    """Time the target's verify at every token count up to the largest fitted, at the prompts' median
+    length and half of it, and give its model the measured shape (`token_count_shape`, pinned to the
+    fit at `token_counts`): the curve the scheduler sizes trees on. The target's held-out MAPE is
+    re-scored with the shape; returns that MAPE without and with it."""
+    largest = max(token_counts)
+    median = int(np.median([len(ids) for ids in prompt_ids]))
+    contexts = sorted({min(max(length, SMALLEST_CONTEXT), longest) for length in (median // 2, median)})
+    dense = measure({TARGET_LEVEL: model_forward_call(decoder.target)}, range(1, largest + 1), contexts,
+                    repeats, warmup)
+    smooth = profile.models[TARGET_LEVEL]
+    shaped = profile.models[TARGET_LEVEL] = dataclasses.replace(
+        smooth, shape=token_count_shape(smooth, dense, token_counts))
+    profile.grid["shape_token_counts"] = [1, largest]
+    profile.grid["shape_context_lengths"] = contexts
+    target_held = [timing for timing in held if timing.level == TARGET_LEVEL]
+    if not target_held:
+        return {}
+    profile.mape[TARGET_LEVEL] = mape(shaped, target_held)
+    return {"smooth": mape(smooth, target_held), "shaped": profile.mape[TARGET_LEVEL]}
 
 
 def _per_level(timings) -> dict[str, int]:

@@ -8,7 +8,9 @@ and "the target verifies n tokens at context length L". This module
    warm-up sweeps and a robust average over repeats, interleaving the levels at every grid point
    so that drift of a busy machine hits all levels alike;
 2. fits one `LatencyModel` per level, a sum of six simple terms in n and L with non-negative
-   coefficients (so predictions never decrease when n or L grows), minimizing relative error;
+   coefficients (so the fit never decreases when n or L grows), minimizing relative error; the
+   target's model also carries its measured shape over every token count (`token_count_shape`),
+   since on a CPU a verify over more tokens can cost less;
 3. stores the fit with a hardware fingerprint as a JSON `LatencyProfile` (no pickle) whose loader
    validates every field and says how to fix a bad file.
 
@@ -339,24 +341,65 @@ def _features(tokens: np.ndarray, context: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class LatencyModel:
     """Predicted seconds = c0 + c1*n + c2*sqrt(n) + c3*L + c4*n*L + c5*log(1+L) for n new tokens
-    after L context tokens (`FORM`; `TERM_NAMES` names the coefficients in order).
+    after L context tokens (`FORM`; `TERM_NAMES` names the coefficients in order), times `shape[n - 1]`
+    where a measured shape covers n.
 
-    All coefficients are non-negative, so predictions are monotone non-decreasing in n and L.
+    All coefficients are non-negative, so the smooth part is monotone non-decreasing in n and L. The
+    shape (`token_count_shape`) carries what the smooth form cannot: on a CPU the cost of a forward
+    over n tokens is not monotone in n, because the BLAS picks its GEMM kernel by the row count (on
+    the reference target a 5-token verify is cheaper than a 3-token one). The scheduler sizes its
+    trees on this measured curve.
     """
 
     coefficients: tuple[float, ...]
+    shape: tuple[float, ...] = ()  # measured / smooth cost for n = 1 .. len(shape) tokens; 1 beyond
 
     def __post_init__(self) -> None:
         if len(self.coefficients) != len(TERM_NAMES):
             raise ValueError(f"{FORM} needs {len(TERM_NAMES)} coefficients, got {len(self.coefficients)}")
         if not all(math.isfinite(c) and c >= 0 for c in self.coefficients):
             raise ValueError(f"latency coefficients must be finite and >= 0, got {self.coefficients}")
+        if not all(math.isfinite(factor) and factor > 0 for factor in self.shape):
+            raise ValueError(f"latency shape factors must be finite and > 0, got {self.shape}")
 
     def predict(self, tokens: float | np.ndarray, context: float | np.ndarray) -> float | np.ndarray:
         """Seconds for a forward of `tokens` after `context` (scalars, or arrays that broadcast)."""
-        features = _features(np.asarray(tokens, dtype=np.float64), np.asarray(context, dtype=np.float64))
-        seconds = features @ np.asarray(self.coefficients, dtype=np.float64)
+        tokens = np.asarray(tokens, dtype=np.float64)
+        seconds = _features(tokens, np.asarray(context, dtype=np.float64)) @ np.asarray(self.coefficients)
+        if self.shape:
+            seconds = seconds * shape_factors(self.shape, np.broadcast_to(tokens, seconds.shape))
         return float(seconds) if seconds.ndim == 0 else seconds
+
+
+def shape_factors(shape: Sequence[float], tokens: np.ndarray) -> np.ndarray:
+    """`shape[n - 1]` for each whole token count n the shape covers, 1 elsewhere."""
+    table = np.concatenate(([1.0], np.asarray(shape, dtype=np.float64)))
+    counts = np.asarray(tokens, dtype=np.float64)
+    index = np.where((counts >= 1) & (counts <= len(shape)) & (counts == np.round(counts)), counts, 0)
+    return table[index.astype(np.int64)]
+
+
+def token_count_shape(model: LatencyModel, timings: Sequence[Timing],
+                      anchors: Sequence[int] = ()) -> tuple[float, ...]:
+    """Per token count n = 1 .. N (every count timed, N the largest), the geometric mean over the timed
+    contexts of measured / smooth seconds: the part of the cost curve that depends on n alone.
+
+    anchors: token counts the smooth model was fitted at. The shape is scaled so that its geometric
+    mean over them is 1: it then moves costs between the fitted counts, not the level the fit found.
+    (The dense timings run one level back to back, which leaves more of its weights in the caches
+    than the fit's interleaved grid, where every level runs at every point as in decoding.)"""
+    by_count: dict[int, list[float]] = {}
+    for timing in timings:
+        smooth = LatencyModel(model.coefficients).predict(timing.tokens, timing.context)
+        by_count.setdefault(timing.tokens, []).append(math.log(timing.seconds / smooth))
+    largest = max(by_count, default=0)
+    missing = [n for n in range(1, largest + 1) if n not in by_count]
+    if missing:
+        raise ValueError(f"a token-count shape needs every count from 1 to {largest}; {missing[:5]} were not timed")
+    logs = [sum(values) / len(values) for _, values in sorted(by_count.items())]
+    pinned = [logs[n - 1] for n in anchors if 1 <= n <= largest]
+    level = sum(pinned) / len(pinned) if pinned else 0.0
+    return tuple(math.exp(value - level) for value in logs)
 
 
 def fit_latency(timings: Sequence[Timing]) -> dict[str, LatencyModel]:
@@ -458,7 +501,8 @@ class LatencyProfile:
     # ---- JSON -------------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        levels = {name: {"form": FORM, "coefficients": list(model.coefficients), "mape": self.mape.get(name)}
+        levels = {name: {"form": FORM, "coefficients": list(model.coefficients), "mape": self.mape.get(name),
+                         **({"shape": list(model.shape)} if model.shape else {})}
                   for name, model in self.models.items()}
         return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "fingerprint": dict(self.fingerprint),
                 "levels": levels, "grid": {key: list(values) for key, values in self.grid.items()}}
@@ -555,7 +599,11 @@ def _read_level(entry: object, source: str, prefix: str) -> tuple[LatencyModel, 
     level_mape = entry.get("mape")
     if level_mape is not None:
         level_mape = _non_negative_number(level_mape, source, f"{prefix}.mape")
-    return LatencyModel(tuple(float(c) for c in coefficients)), level_mape
+    shape = _expect(entry.get("shape", []), list, source, f"{prefix}.shape", "a list of positive numbers")
+    for index, value in enumerate(shape):
+        if _non_negative_number(value, source, f"{prefix}.shape[{index}]") == 0:
+            raise _profile_error(source, f"{prefix}.shape[{index}]", "is 0; expected a positive number")
+    return LatencyModel(tuple(float(c) for c in coefficients), tuple(float(f) for f in shape)), level_mape
 
 
 def _non_negative_number(value: object, source: str, field_name: str) -> float:

@@ -43,7 +43,10 @@ def test_calibrate_writes_every_output(calibrated):
     assert predictors.modes["greedy"]["draft0"].feature == "q_token"
     profile = LatencyProfile.load(out / "latency.json")
     assert set(profile.models) == {"target", "draft0", "self0", "self1", "ngram"}
-    assert profile.predict("target", 8, 64) >= profile.predict("target", 1, 64) > 0
+    assert profile.predict("target", 8, 64) > 0 and profile.predict("target", 1, 64) > 0
+    largest = profile.grid["token_counts"][-1]  # the verify curve is measured at every count up to it
+    assert len(profile.models["target"].shape) == largest and profile.grid["shape_token_counts"] == [1, largest]
+    assert not profile.models["draft0"].shape
     traces = Traces.load_csv(out / "traces.csv")
     assert len(traces) == report["trace_rows"] and set(traces.levels()) == set(report["levels"])
     for level, scores in report["acceptance"]["greedy"].items():

@@ -27,7 +27,9 @@ from drafttrain.calibration.latency import (
     model_forward_call,
     ngram_call,
     robust_average,
+    shape_factors,
     split_timings,
+    token_count_shape,
 )
 from drafttrain.drafters import NgramDrafter
 from drafttrain.errors import DrafttrainError
@@ -118,6 +120,53 @@ def test_context_buckets():
     assert context_buckets(4096, 64, max_context=100)[0] == [32, 64, 100]
     with pytest.raises(DrafttrainError, match="positions"):
         context_buckets(64, 64)
+
+
+# ---- the measured token-count shape ------------------------------------------------------------
+
+
+def test_token_count_shape_is_the_geometric_mean_ratio_per_count():
+    smooth = LatencyModel(KNOWN)
+    bumps = {1: 1.0, 2: 1.3, 3: 1.5, 4: 0.9}  # a CPU's irregular curve: 3 tokens cost more than 4
+    timings = [Timing("target", n, length, smooth.predict(n, length) * factor * (1.1 if length == 64 else 1 / 1.1))
+               for n, factor in bumps.items() for length in (64, 512)]
+    shape = token_count_shape(smooth, timings)
+    assert np.allclose(shape, [bumps[n] for n in sorted(bumps)])  # the 1.1 and 1 / 1.1 cancel
+    pinned = token_count_shape(smooth, [Timing(t.level, t.tokens, t.context, t.seconds * 0.8) for t in timings],
+                               anchors=(1, 2, 4))  # timed 20% faster than the fit: the anchors undo the level
+    assert np.allclose(pinned, np.array(shape) / (1.0 * 1.3 * 0.9) ** (1 / 3))
+    shaped = LatencyModel(KNOWN, shape)
+    assert math.isclose(shaped.predict(3, 300), smooth.predict(3, 300) * 1.5)
+    assert shaped.predict(3, 300) > shaped.predict(4, 300)  # the shape may break monotonicity; it is measured
+    assert shaped.predict(9, 300) == smooth.predict(9, 300)  # past the shape: the smooth fit
+    assert np.allclose(shaped.predict(np.array([1, 2, 3, 4, 9]), 300),
+                       [shaped.predict(n, 300) for n in (1, 2, 3, 4, 9)])
+
+
+def test_shape_factors_cover_whole_counts_inside_the_shape_only():
+    assert shape_factors((2.0, 3.0), np.array([0, 1, 2, 3, 1.5])).tolist() == [1.0, 2.0, 3.0, 1.0, 1.0]
+
+
+def test_token_count_shape_needs_every_count():
+    timings = [Timing("target", n, 64, 0.01) for n in (1, 2, 4)]
+    with pytest.raises(ValueError, match=r"\[3\] were not timed"):
+        token_count_shape(LatencyModel(KNOWN), timings)
+    with pytest.raises(ValueError, match="shape factors"):
+        LatencyModel(KNOWN, (1.0, 0.0))
+
+
+def test_a_shaped_profile_round_trips_and_a_bad_factor_is_named(tmp_path: Path):
+    profile = fitted_profile()
+    profile.models["target"] = LatencyModel(profile.models["target"].coefficients, (1.0, 1.2, 1.4, 0.9))
+    loaded = LatencyProfile.load(profile.save(tmp_path / "latency.json"))
+    assert loaded.models == profile.models and loaded.predict("target", 3, 100) == profile.predict("target", 3, 100)
+    document = profile.to_json()
+    assert "shape" not in document["levels"]["ngram"]
+    document["levels"]["target"]["shape"][1] = 0
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DrafttrainError, match=r"'levels.target.shape\[1\]'.*drafttrain run calibrate"):
+        LatencyProfile.load(path)
 
 
 # ---- profile file ---------------------------------------------------------------------------
