@@ -190,9 +190,8 @@ class Transformer(nn.Module):
         [out, in] through a transposed view), in place, and return the model.
 
         On CPU, MKL's GEMM over a few rows (decode, verify of a small tree) reads an input-major weight
-        much faster than an output-major one: on the reference target a one-token forward takes about
-        15% less and a 5-11 token verify about 10% less, with no change from 12 rows up. The math is
-        the same product (the rounding of a sum may differ in the last bits, as between any two GEMM
+        faster than an output-major one (docs/benchmarks.md, scheduling section). The math is the same
+        product (the rounding of a sum may differ in the last bits, as between any two GEMM
         kernels). The LM head keeps its layout: it is usually tied to the embedding, whose lookups
         want rows."""
         for block in self.layers:
