@@ -17,6 +17,7 @@ from torch import nn
 from drafttrain.kernels.launch import kernels_enabled
 from drafttrain.kernels.tree_attention import tree_attention
 from drafttrain.runtime.cache import KVCache, causal_mask
+from drafttrain.runtime.row_kernels import OUTPUT_MAJOR, PLAN, check_plan, head_logits, project
 from drafttrain.runtime.rope import (
     RopeScaling,
     apply_rope,
@@ -78,7 +79,7 @@ def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tenso
         if quantized is None or quantized[0].device != x.device:
             quantized = layer.int8_weight = quantize_weight(layer.weight.detach())
         return int8_linear(x.reshape(-1, x.shape[-1]), *quantized, layer.bias).view(*x.shape[:-1], -1)
-    return F.linear(fake_quant(x, quant) if quant else x, layer.weight, layer.bias)
+    return project(fake_quant(x, quant) if quant else x, layer)
 
 
 class Attention(nn.Module):
@@ -167,6 +168,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         if args.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.row_kernels: dict[int, str] = {}  # rows -> kernel (`apply_row_kernels`); empty: the default
         self._init_rope()
 
     def _init_rope(self, device: torch.device | str | None = None) -> None:
@@ -198,7 +200,27 @@ class Transformer(nn.Module):
             for layer in (block.attn.wqkv, block.attn.wo, block.mlp.w13, block.mlp.w2):
                 weight = layer.weight.detach()
                 layer.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=weight.requires_grad)
+                layer.__dict__.pop(OUTPUT_MAJOR, None)  # a copy of the old weight: remade below
+        self.apply_row_kernels(self.row_kernels)
         return self
+
+    def apply_row_kernels(self, plan: dict[int, str]) -> dict[int, str]:
+        """Run forwards of n rows with the kernel `plan[n]` (`drafttrain.runtime.row_kernels`), in place;
+        returns the plan the layers share (changing it changes what they run). Kernels other than the
+        default need an output-major copy of each block weight, made here; an empty plan drops the
+        copies. On CUDA the plan is ignored (an empty plan is returned): cuBLAS chooses its own kernels."""
+        plan = check_plan(plan) if self.device.type == "cpu" else {}
+        for block in self.layers:
+            for layer in (block.attn.wqkv, block.attn.wo, block.mlp.w13, block.mlp.w2):
+                if plan:
+                    if OUTPUT_MAJOR not in layer.__dict__:
+                        layer.__dict__[OUTPUT_MAJOR] = layer.weight.detach().contiguous()
+                    layer.__dict__[PLAN] = plan
+                else:
+                    layer.__dict__.pop(OUTPUT_MAJOR, None)
+                    layer.__dict__.pop(PLAN, None)
+        self.row_kernels = plan
+        return plan
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
         args = self.args
@@ -245,4 +267,4 @@ class Transformer(nn.Module):
             return None
         weight = self.lm_head.weight if head is None else head
         selected = x if rows is not None else x[logits_rows]
-        return F.linear(rms_norm(selected, self.norm.weight, self.norm.eps), weight).float()
+        return head_logits(rms_norm(selected, self.norm.weight, self.norm.eps), weight, self.row_kernels).float()
