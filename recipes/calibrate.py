@@ -46,6 +46,7 @@ from drafttrain.calibration.latency import (
     ngram_call,
     split_timings,
     token_count_shape,
+    tune_row_kernels,
 )
 from drafttrain.calibration.plots import reliability_diagram
 from drafttrain.calibration.report import evaluate_predictors, report_markdown
@@ -129,23 +130,46 @@ def timed_calls(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], text_
 
 def calibrate_latency(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], prompt_ids: list[list[int]],
                       token_counts: list[int], repeats: int, warmup: int, dtype: torch.dtype,
-                      progress: bool) -> tuple[LatencyProfile, dict]:
+                      progress: bool, row_kernels: bool = True) -> tuple[LatencyProfile, dict]:
     """Time every level over (token counts + held-out counts) x (fit + held-out contexts), fit on
-    the grid, score on the held-out points; returns the profile and a summary for the report."""
+    the grid, score on the held-out points; returns the profile and a summary for the report. With
+    `row_kernels`, each model level first gets its fastest row kernels (`tune_levels`), and is timed
+    with them."""
     windows = [decoder.target.args.max_position_embeddings]
     windows += [d.model.args.max_position_embeddings for d in drafters.values() if isinstance(d, ModelDrafter)]
     fit_contexts, held_contexts = context_buckets(min(windows), max(token_counts))
     held_tokens = [n for n in HELD_OUT_TOKEN_COUNTS if min(token_counts) < n < max(token_counts)]
     text_ids = torch.tensor([token for ids in prompt_ids for token in ids])
-    timings = measure(timed_calls(decoder, drafters, text_ids), sorted(set(token_counts) | set(held_tokens)),
+    calls = timed_calls(decoder, drafters, text_ids)
+    plans = tune_levels(decoder, drafters, calls, max(token_counts), median_context(prompt_ids, fit_contexts[-1])) \
+        if row_kernels else {}
+    timings = measure(calls, sorted(set(token_counts) | set(held_tokens)),
                       sorted(fit_contexts + held_contexts), repeats, warmup, progress)
     fit, held = split_timings(timings, token_counts, fit_contexts)
     profile = LatencyProfile.from_timings(hardware_fingerprint(decoder.target.device, dtype), fit, held)
+    profile.row_kernels = {level: plan for level, plan in plans.items() if plan}
     shape_mape = add_verify_shape(profile, decoder, prompt_ids, token_counts, fit_contexts[-1], held, repeats, warmup)
     summary = {"mape": profile.mape, "target_mape_smooth_and_shaped": shape_mape, "fit_timings": _per_level(fit),
                "held_out_timings": _per_level(held),
+               "row_kernels": {level: {str(rows): kernel for rows, kernel in sorted(plan.items())}
+                               for level, plan in profile.row_kernels.items()},
                "fingerprint": profile.fingerprint, "grid": profile.grid}
     return profile, summary
+
+
+def tune_levels(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], calls: dict, largest: int,
+                context: int) -> dict[str, dict[int, str]]:
+    """`tune_row_kernels` for the target and each draft model, over every token count up to
+    `largest` after `context` tokens, on the call that times the level; returns the plans, applied.
+    Self-draft views run the target's model, so they share its plan."""
+    models = {TARGET_LEVEL: decoder.target}
+    models |= {name: drafter.model for name, drafter in drafters.items() if isinstance(drafter, ModelDrafter)}
+    return {name: tune_row_kernels(model, calls[name], range(1, largest + 1), context) for name, model in models.items()}
+
+
+def median_context(prompt_ids: list[list[int]], longest: int) -> int:
+    """The prompts' median length, within the timed context range."""
+    return min(max(int(np.median([len(ids) for ids in prompt_ids])), SMALLEST_CONTEXT), longest)
 
 
 def add_verify_shape(profile: LatencyProfile, decoder: SpeculativeDecoder, prompt_ids: list[list[int]],
@@ -261,7 +285,7 @@ def calibrate(config: CalibrateConfig) -> dict:
     if config.latency:
         profile, latency = calibrate_latency(decoder, drafters, prompt_ids, config.latency_tokens,
                                              config.latency_repeats, config.latency_warmup, dtype,
-                                             progress=sys.stderr.isatty())
+                                             progress=sys.stderr.isatty(), row_kernels=config.latency_row_kernels)
         profile.save(out / "latency.json")
 
     # ---- 4. report

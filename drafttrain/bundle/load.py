@@ -82,12 +82,19 @@ class Bundle:
 
     def build_scheduler(self, decoder, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> Scheduler:
-        """The bundle's scheduler over its levels, for `decoder` (a `SpeculativeDecoder` on the target)."""
-        from drafttrain.calibration.latency import LatencyProfile
+        """The bundle's scheduler over its levels, for `decoder` (a `SpeculativeDecoder` on the target).
+        The target and the draft models get the row kernels their latency was timed with (on the
+        profiled hardware)."""
+        from drafttrain.calibration.latency import TARGET_LEVEL, LatencyProfile
+        from drafttrain.drafters import ModelDrafter
         from drafttrain.drafters.cascade import build_drafters
 
         levels = build_drafters(self.cascade_spec(), decoder, decoder.tokenizer, dtype, device)
         latency = LatencyProfile.load(self.root / layout.LATENCY)
+        latency.apply_row_kernels(TARGET_LEVEL, decoder.target)
+        for name, drafter in levels.items():
+            if isinstance(drafter, ModelDrafter):
+                latency.apply_row_kernels(name, drafter.model)
         return build_scheduler(self.scheduler, levels, self.root / layout.PREDICTORS, latency,
                                decoder.target.args.vocab_size)
 

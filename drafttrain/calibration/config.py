@@ -51,6 +51,9 @@ class CalibrateConfig:
     latency_tokens: list[int] = _help("tokens per timed forward", default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     latency_repeats: int = _help("timed sweeps over the grid (each point keeps a trimmed mean of them)",
                                  default=7)
+    latency_row_kernels: bool = _help("on CPU, time each model level's forwards under every row kernel first and "
+                                      "keep the fastest per token count (drafttrain.runtime.row_kernels)",
+                                      default=True)
     latency_warmup: int = _help("untimed sweeps over the grid before the timed ones", default=2)
     seed: int = _help("seed of the prompt split and of sampling", default=0)
     dtype: Literal["float32", "bfloat16"] = _help("weights and activations dtype", default="float32")

@@ -11,7 +11,9 @@ and "the target verifies n tokens at context length L". This module
    coefficients (so the fit never decreases when n or L grows), minimizing relative error; the
    target's model also carries its measured shape over every token count (`token_count_shape`),
    since on a CPU a verify over more tokens can cost less;
-3. stores the fit with a hardware fingerprint as a JSON `LatencyProfile` (no pickle) whose loader
+3. picks, per model level, the fastest row kernel of each token count (`tune_row_kernels`) before
+   timing, so that the costs are those of the kernels the decoder will run;
+4. stores the fit and those kernel plans with a hardware fingerprint as a JSON `LatencyProfile` (no pickle) whose loader
    validates every field and says how to fix a bad file.
 
 The reported accuracy is the mean absolute percentage error (`mape`) on held-out timings: token
@@ -39,6 +41,7 @@ from drafttrain.errors import DrafttrainError
 from drafttrain.io import write_atomically
 from drafttrain.runtime.cache import KVCache, causal_mask
 from drafttrain.runtime.model import Transformer
+from drafttrain.runtime.row_kernels import DEFAULT_KERNEL, KERNELS, check_plan, pick_row_kernels
 from drafttrain.runtime.views import SelfDraftView
 
 PROFILE_FORMAT = "drafttrain-latency"
@@ -142,6 +145,33 @@ def _forward_inputs(model: Transformer, tokens: int, context: int,
     positions = torch.arange(context, context + tokens, device=model.device)
     mask = None if tokens == 1 else causal_mask(context, tokens, model.device)
     return ids, positions, mask
+
+
+def tune_row_kernels(model: Transformer, call: Call, token_counts: Sequence[int], context: int,
+                     repeats: int = 5, warmup: int = 1, margin: float = 0.03) -> dict[int, str]:
+    """Time `call` (a forward of `model`, e.g. `model_forward_call`) at every token count after
+    `context` tokens under each row kernel (`drafttrain.runtime.row_kernels`), apply the plan of
+    winners to the model and return it ({} on CUDA, or where the default wins).
+
+    Only the kernel of the timed row count changes between timings; the kernels are interleaved,
+    in a rotating order, over `warmup` + `repeats` sweeps, and a kernel replaces the default only
+    when it is faster by more than `margin`."""
+    if model.device.type != "cpu":
+        return model.apply_row_kernels({})
+    plan = model.apply_row_kernels({n: DEFAULT_KERNEL for n in token_counts})
+    samples: dict[int, dict[str, list[float]]] = {n: {kernel: [] for kernel in KERNELS} for n in token_counts}
+    for sweep in range(warmup + repeats):
+        for n in token_counts:
+            for turn in range(len(KERNELS)):
+                kernel = KERNELS[(sweep + turn) % len(KERNELS)]
+                plan.clear()
+                plan[n] = kernel
+                seconds = _seconds(call, n, context)
+                if sweep >= warmup:
+                    samples[n][kernel].append(seconds)
+    averages = {n: {kernel: robust_average(values) for kernel, values in by_kernel.items()}
+                for n, by_kernel in samples.items()}
+    return model.apply_row_kernels(pick_row_kernels(averages, margin))
 
 
 NGRAM_STEP_TOKENS = 4  # tokens a decoding step adds to the n-gram drafter's context between its calls
@@ -468,12 +498,15 @@ class LatencyProfile:
 
     mape: held-out MAPE per level (None where not measured). grid: the token counts and context
     lengths timed, for the record (e.g. {"token_counts": [...], "context_lengths": [...]}).
+    row_kernels: per model level, the row-kernel plan its timings ran with (`tune_row_kernels`);
+    a decoder on the same hardware applies it (`apply_row_kernels`) to run what was timed.
     """
 
     fingerprint: dict
     models: dict[str, LatencyModel]
     mape: dict[str, float] = field(default_factory=dict)
     grid: dict[str, list[int]] = field(default_factory=dict)
+    row_kernels: dict[str, dict[int, str]] = field(default_factory=dict)  # level -> {rows: kernel} it was timed with
 
     @classmethod
     def from_timings(cls, fingerprint: dict, fit_timings: Sequence[Timing],
@@ -498,11 +531,20 @@ class LatencyProfile:
         """Differences between the profiled hardware and `current_fingerprint` (empty: same)."""
         return fingerprint_differences(self.fingerprint, current_fingerprint)
 
+    def apply_row_kernels(self, level: str, model: Transformer) -> dict[int, str]:
+        """Give `model` the row-kernel plan `level` was timed with, if this is the profiled hardware
+        (elsewhere the plan's kernels need not be the fast ones, and the default runs); returns the
+        plan applied."""
+        same = not self.check_hardware(hardware_fingerprint(model.device, model.dtype))
+        return model.apply_row_kernels(self.row_kernels.get(level, {}) if same else {})
+
     # ---- JSON -------------------------------------------------------------------------------
 
     def to_json(self) -> dict:
         levels = {name: {"form": FORM, "coefficients": list(model.coefficients), "mape": self.mape.get(name),
-                         **({"shape": list(model.shape)} if model.shape else {})}
+                         **({"shape": list(model.shape)} if model.shape else {}),
+                         **({"row_kernels": {str(rows): kernel for rows, kernel in sorted(self.row_kernels[name].items())}}
+                            if self.row_kernels.get(name) else {})}
                   for name, model in self.models.items()}
         return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "fingerprint": dict(self.fingerprint),
                 "levels": levels, "grid": {key: list(values) for key, values in self.grid.items()}}
@@ -516,12 +558,15 @@ class LatencyProfile:
         levels = _expect(_required(document, "levels", source), dict, source, "levels", "an object {level: ...}")
         if not levels:
             raise _profile_error(source, "levels", "is empty; expected at least one level")
-        models, mapes = {}, {}
+        models, mapes, plans = {}, {}, {}
         for name, entry in levels.items():
             models[name], level_mape = _read_level(entry, source, f"levels.{name}")
             if level_mape is not None:
                 mapes[name] = level_mape
-        return cls(fingerprint, models, mapes, _read_grid(document.get("grid", {}), source))
+            plan = _read_row_kernels(entry, source, f"levels.{name}.row_kernels")
+            if plan:
+                plans[name] = plan
+        return cls(fingerprint, models, mapes, _read_grid(document.get("grid", {}), source), plans)
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON, atomically."""
@@ -604,6 +649,16 @@ def _read_level(entry: object, source: str, prefix: str) -> tuple[LatencyModel, 
         if _non_negative_number(value, source, f"{prefix}.shape[{index}]") == 0:
             raise _profile_error(source, f"{prefix}.shape[{index}]", "is 0; expected a positive number")
     return LatencyModel(tuple(float(c) for c in coefficients), tuple(float(f) for f in shape)), level_mape
+
+
+def _read_row_kernels(entry: dict, source: str, field_name: str) -> dict[int, str]:
+    plan = _expect(entry.get("row_kernels", {}), dict, source, field_name, "an object {\"rows\": kernel}")
+    if not all(isinstance(rows, str) and rows.isdigit() for rows in plan):
+        raise _profile_error(source, field_name, f"has keys {sorted(plan)}; expected row counts such as \"2\"")
+    try:
+        return check_plan({int(rows): kernel for rows, kernel in plan.items()})
+    except ValueError as error:
+        raise _profile_error(source, field_name, str(error)) from None
 
 
 def _non_negative_number(value: object, source: str, field_name: str) -> float:

@@ -24,6 +24,8 @@ from drafttrain.runtime.loader import eos_token_ids
 from drafttrain.runtime.views import parse_self_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TARGET = "target"  # the target's level name in a latency profile (`calibration.latency.TARGET_LEVEL`)
+FIRST_DRAFT = "draft0"  # the level name `build_drafters` gives the first draft model (--draft)
 
 
 @dataclass
@@ -71,7 +73,22 @@ class EvalContext:
 
     @cached_property
     def target(self):
-        return load_model(self.config.target, self.dtype, self.device)
+        """Our target, with the row kernels its latency was timed with (every method shares it)."""
+        return self.with_row_kernels(TARGET, load_model(self.config.target, self.dtype, self.device))
+
+    @cached_property
+    def latency(self):
+        """The latency profile of --latency (or the bundle's), None without one."""
+        from drafttrain.calibration.latency import LatencyProfile
+
+        return LatencyProfile.load(self.config.latency) if self.config.latency else None
+
+    def with_row_kernels(self, level: str, model):
+        """`model` running the row kernels the latency profile timed `level` with (on the profiled
+        hardware; `LatencyProfile.apply_row_kernels`)."""
+        if self.latency is not None:
+            self.latency.apply_row_kernels(level, model)
+        return model
 
     @cached_property
     def decoder(self) -> SpeculativeDecoder:
@@ -83,8 +100,10 @@ class EvalContext:
 
     def load_draft(self) -> ModelDrafter:
         """The draft model of `draft`, stepping the way `verify` says."""
-        return ModelDrafter.from_pretrained(self.config.draft, self.tokenizer, self.target.args.vocab_size,
-                                            self.dtype, self.device, self.config.verify, self.config.compile)
+        drafter = ModelDrafter.from_pretrained(self.config.draft, self.tokenizer, self.target.args.vocab_size,
+                                               self.dtype, self.device, self.config.verify, self.config.compile)
+        self.with_row_kernels(FIRST_DRAFT, drafter.model)  # --draft is the cascade's first draft level
+        return drafter
 
     def generation_config(self, shape: TreeShape | None) -> GenerationConfig:
         return GenerationConfig(self.config.max_new_tokens, self.sampling, shape, self.eos,
@@ -154,7 +173,11 @@ def cascade_drafters(context: EvalContext) -> dict[str, Drafter]:
     else:
         views = [level.spec for level in read_levels(config.levels)] if config.levels else []
         spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
-    return build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
+    levels = build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
+    for name, drafter in levels.items():
+        if isinstance(drafter, ModelDrafter):
+            context.with_row_kernels(name, drafter.model)
+    return levels
 
 
 def scheduler_spec(context: EvalContext):
@@ -170,7 +193,7 @@ def load_latency(context: EvalContext):
 
     from drafttrain.calibration.latency import LatencyProfile, hardware_fingerprint
 
-    latency = LatencyProfile.load(context.config.latency)
+    latency = context.latency
     for difference in latency.check_hardware(hardware_fingerprint(context.device, context.dtype)):
         print(f"warning: {context.config.latency} was measured on other hardware ({difference}); re-run "
               "`drafttrain run calibrate` here for accurate costs", file=sys.stderr)

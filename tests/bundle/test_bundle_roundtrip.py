@@ -228,3 +228,26 @@ def test_an_archive_with_a_link_is_refused(tmp_path, tiny_target):
         tar.addfile(data, io.BytesIO(b"{}"))
     with pytest.raises(DrafttrainError, match="not a regular file or directory"):
         load_bundle(archive, tiny_target)
+
+
+def test_the_scheduler_runs_the_row_kernels_the_latency_was_timed_with(tmp_path, calibrated, tiny_target,
+                                                                        tiny_draft):
+    import torch
+
+    from drafttrain.calibration.latency import LatencyProfile, hardware_fingerprint
+
+    profile = LatencyProfile.load(calibrated["latency"])
+    profile.fingerprint = hardware_fingerprint("cpu", torch.float32)
+    profile.row_kernels = {"target": {2: "output_major_t", 3: "output_major"}, "draft0": {1: "output_major_t"}}
+    latency = profile.save(tmp_path / "latency.json")
+    bundle = load_bundle(export_bundle(parts(calibrated, tiny_target, tiny_draft, latency=latency), tmp_path / "b"),
+                         tiny_target)
+    tokenizer = load_tokenizer(tiny_target)
+    decoder = SpeculativeDecoder(load_model(tiny_target), tokenizer)
+    prompt = tokenizer(TINY_CORPUS[2]).input_ids
+    greedy = decoder.generate(prompt, None, GenerationConfig(max_new_tokens=20)).tokens
+    scheduler = bundle.build_scheduler(decoder)
+    assert decoder.target.row_kernels == {2: "output_major_t", 3: "output_major"}
+    assert scheduler.drafter.levels["draft0"].model.row_kernels == {1: "output_major_t"}
+    drafted = decoder.generate(prompt, scheduler.drafter, GenerationConfig(max_new_tokens=20, shape=scheduler.shape))
+    assert drafted.tokens == greedy

@@ -47,6 +47,11 @@ def test_calibrate_writes_every_output(calibrated):
     largest = profile.grid["token_counts"][-1]  # the verify curve is measured at every count up to it
     assert len(profile.models["target"].shape) == largest and profile.grid["shape_token_counts"] == [1, largest]
     assert not profile.models["draft0"].shape
+    plans = report["latency"]["row_kernels"]  # tuned for the model levels; which kernels win is the machine's
+    assert set(plans) <= {"target", "draft0"}
+    assert {level: {int(rows): kernel for rows, kernel in plan.items()} for level, plan in plans.items()} \
+        == profile.row_kernels
+    assert all(1 <= rows <= largest for plan in profile.row_kernels.values() for rows in plan)
     traces = Traces.load_csv(out / "traces.csv")
     assert len(traces) == report["trace_rows"] and set(traces.levels()) == set(report["levels"])
     for level, scores in report["acceptance"]["greedy"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from drafttrain.calibration.latency import (
     shape_factors,
     split_timings,
     token_count_shape,
+    tune_row_kernels,
 )
 from drafttrain.drafters import NgramDrafter
 from drafttrain.errors import DrafttrainError
@@ -167,6 +169,49 @@ def test_a_shaped_profile_round_trips_and_a_bad_factor_is_named(tmp_path: Path):
     path.write_text(json.dumps(document))
     with pytest.raises(DrafttrainError, match=r"'levels.target.shape\[1\]'.*drafttrain run calibrate"):
         LatencyProfile.load(path)
+
+
+def test_row_kernel_plans_round_trip_and_a_bad_kernel_is_named(tmp_path: Path):
+    profile = fitted_profile()
+    profile.row_kernels = {"target": {2: "output_major_t", 16: "output_major"}}
+    loaded = LatencyProfile.load(profile.save(tmp_path / "latency.json"))
+    assert loaded.row_kernels == profile.row_kernels
+    document = profile.to_json()
+    assert document["levels"]["target"]["row_kernels"] == {"2": "output_major_t", "16": "output_major"}
+    assert "row_kernels" not in document["levels"]["ngram"]
+    for bad, problem in (({"2": "fastest"}, "kernel 'fastest' for 2 rows is unknown"),
+                         ({"two": "output_major"}, "expected row counts")):
+        document["levels"]["target"]["row_kernels"] = bad
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(document))
+        with pytest.raises(DrafttrainError, match=rf"'levels.target.row_kernels'.*{problem}"):
+            LatencyProfile.load(path)
+
+
+def test_a_profile_applies_its_row_kernels_on_its_own_hardware_only():
+    model = runtime_model(0, vocab=16, layers=2)
+    profile = fitted_profile()
+    profile.row_kernels = {"target": {2: "output_major_t"}}
+    assert profile.apply_row_kernels("target", model) == {}  # profiled on "cpu: Test CPU"
+    profile.fingerprint = hardware_fingerprint(model.device, model.dtype)
+    assert profile.apply_row_kernels("target", model) == {2: "output_major_t"} == model.row_kernels
+    assert profile.apply_row_kernels("draft0", model) == {}
+
+
+def test_tuning_keeps_the_kernel_that_times_fastest_at_each_row_count():
+    model = runtime_model(1, vocab=16, layers=1)
+    slow = {1: "output_major", 2: "input_major", 3: "output_major_t"}  # the kernel that costs more, per count
+    fast = {1: "input_major", 2: "output_major_t", 3: "output_major"}
+    timed = []
+
+    def call(tokens: int, context: int) -> None:
+        kernel = model.row_kernels.get(tokens, "input_major")
+        timed.append((tokens, kernel))
+        time.sleep(0.001 if kernel == fast[tokens] else 0.006 if kernel == slow[tokens] else 0.003)
+
+    plan = tune_row_kernels(model, call, [1, 2, 3], context=8, repeats=3, warmup=1)
+    assert plan == {2: "output_major_t", 3: "output_major"} == model.row_kernels  # count 1 keeps the default
+    assert len(timed) == 3 * 3 * 4 and {kernel for _, kernel in timed} == set(fast.values())
 
 
 # ---- profile file ---------------------------------------------------------------------------
