@@ -83,9 +83,10 @@ def candidates(levels: list[dict], out: Path) -> dict[str, list[dict]]:
         "dytc": dytc_candidates(out / "dytc-candidates"),
         "sd-draft": [{"k_draft": k} for k in (1, 2, 3, 4)],
         "sd-self": [{"self_spec": spec, "k_self": k} for spec in specs for k in (1, 2, 3)],
-        # every even chain from 4 to 12: the verify's cost is not monotone in its length on a CPU (the
-        # BLAS picks its kernel by the row count), so a coarse grid could miss the baseline's best chain
-        "sd-ngram": [{"k_ngram": k} for k in (4, 6, 8, 10, 12, 16)],
+        # every chain from 1 to 16: the verify's cost is not monotone in its length on a CPU (the BLAS,
+        # and the row kernels calibrate picks, change with the row count), so a coarse grid could miss
+        # the baseline's best chain
+        "sd-ngram": [{"k_ngram": k} for k in range(1, 17)],
         "vc": [{"k_vc": k} for k in ([2, 4], [3, 4], [4, 4], [4, 8])],
         "hc": [{"k_hc": k} for k in ([1, 4], [1, 8], [2, 4], [2, 8])],
         "csd": [{"k_csd": k} for k in ([1, 8, 4], [2, 8, 4], [2, 4, 4], [3, 8, 4])],
