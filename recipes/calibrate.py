@@ -56,7 +56,7 @@ from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.drafters import ModelDrafter, NgramDrafter, SelfDrafter
 from drafttrain.drafters.base import Drafter, TreeShape
-from drafttrain.drafters.cascade import CascadeSpec, build_drafters
+from drafttrain.drafters.cascade import CascadeSpec, build_drafters, draft_models
 from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.prompts import load_prompts
 from drafttrain.io import file_sha256, write_atomically
@@ -162,8 +162,7 @@ def tune_levels(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], calls
     """`tune_row_kernels` for the target and each draft model, over every token count up to
     `largest` after `context` tokens, on the call that times the level; returns the plans, applied.
     Self-draft views run the target's model, so they share its plan."""
-    models = {TARGET_LEVEL: decoder.target}
-    models |= {name: drafter.model for name, drafter in drafters.items() if isinstance(drafter, ModelDrafter)}
+    models = {TARGET_LEVEL: decoder.target, **draft_models(drafters)}
     return {name: tune_row_kernels(model, calls[name], range(1, largest + 1), context) for name, model in models.items()}
 
 

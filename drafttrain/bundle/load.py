@@ -86,15 +86,12 @@ class Bundle:
         The target and the draft models get the row kernels their latency was timed with (on the
         profiled hardware)."""
         from drafttrain.calibration.latency import TARGET_LEVEL, LatencyProfile
-        from drafttrain.drafters import ModelDrafter
-        from drafttrain.drafters.cascade import build_drafters
+        from drafttrain.drafters.cascade import build_drafters, draft_models
 
         levels = build_drafters(self.cascade_spec(), decoder, decoder.tokenizer, dtype, device)
         latency = LatencyProfile.load(self.root / layout.LATENCY)
-        latency.apply_row_kernels(TARGET_LEVEL, decoder.target)
-        for name, drafter in levels.items():
-            if isinstance(drafter, ModelDrafter):
-                latency.apply_row_kernels(name, drafter.model)
+        for name, model in {TARGET_LEVEL: decoder.target, **draft_models(levels)}.items():
+            latency.apply_row_kernels(name, model)
         return build_scheduler(self.scheduler, levels, self.root / layout.PREDICTORS, latency,
                                decoder.target.args.vocab_size)
 

@@ -59,6 +59,12 @@ def build_drafters(spec: CascadeSpec, decoder, tokenizer, dtype: torch.dtype = t
     return drafters
 
 
+def draft_models(levels: dict[str, Drafter]) -> dict:
+    """The levels that run a model of their own (draft models, not views of the target), by name:
+    the levels besides the target that get a row-kernel plan (`drafttrain.runtime.row_kernels`)."""
+    return {name: drafter.model for name, drafter in levels.items() if isinstance(drafter, ModelDrafter)}
+
+
 def _view_text(view: SelfDraftView) -> str:
     import json
 

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from drafttrain.calibration.latency import TARGET_LEVEL
 from drafttrain.decoding.engine import GenerationConfig, SpeculativeDecoder
 from drafttrain.decoding.sampling import SamplingParams
 from drafttrain.decoding.stats import RunStats
@@ -24,8 +25,6 @@ from drafttrain.runtime.loader import eos_token_ids
 from drafttrain.runtime.views import parse_self_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-TARGET = "target"  # the target's level name in a latency profile (`calibration.latency.TARGET_LEVEL`)
-FIRST_DRAFT = "draft0"  # the level name `build_drafters` gives the first draft model (--draft)
 
 
 @dataclass
@@ -74,7 +73,7 @@ class EvalContext:
     @cached_property
     def target(self):
         """Our target, with the row kernels its latency was timed with (every method shares it)."""
-        return self.with_row_kernels(TARGET, load_model(self.config.target, self.dtype, self.device))
+        return self.with_row_kernels(TARGET_LEVEL, load_model(self.config.target, self.dtype, self.device))
 
     @cached_property
     def latency(self):
@@ -100,9 +99,11 @@ class EvalContext:
 
     def load_draft(self) -> ModelDrafter:
         """The draft model of `draft`, stepping the way `verify` says."""
+        from drafttrain.scheduling.cascades import DRAFT_LEVEL
+
         drafter = ModelDrafter.from_pretrained(self.config.draft, self.tokenizer, self.target.args.vocab_size,
                                                self.dtype, self.device, self.config.verify, self.config.compile)
-        self.with_row_kernels(FIRST_DRAFT, drafter.model)  # --draft is the cascade's first draft level
+        self.with_row_kernels(DRAFT_LEVEL, drafter.model)  # --draft is the cascade's first draft level
         return drafter
 
     def generation_config(self, shape: TreeShape | None) -> GenerationConfig:
@@ -164,7 +165,7 @@ def _hf_heuristic(context: EvalContext) -> Method:
 def cascade_drafters(context: EvalContext) -> dict[str, Drafter]:
     """The levels of the cascade by name: the bundle's, or --draft, the views of --levels and the
     n-gram drafter."""
-    from drafttrain.drafters.cascade import CascadeSpec, build_drafters
+    from drafttrain.drafters.cascade import CascadeSpec, build_drafters, draft_models
     from drafttrain.search.study import read_levels
 
     config = context.config
@@ -174,9 +175,8 @@ def cascade_drafters(context: EvalContext) -> dict[str, Drafter]:
         views = [level.spec for level in read_levels(config.levels)] if config.levels else []
         spec = CascadeSpec([config.draft] if config.draft else [], views, True, config.ngram_table)
     levels = build_drafters(spec, context.decoder, context.tokenizer, context.dtype, context.device)
-    for name, drafter in levels.items():
-        if isinstance(drafter, ModelDrafter):
-            context.with_row_kernels(name, drafter.model)
+    for name, model in draft_models(levels).items():
+        context.with_row_kernels(name, model)
     return levels
 
 
