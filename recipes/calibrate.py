@@ -62,6 +62,7 @@ from drafttrain.evaluation.prompts import load_prompts
 from drafttrain.io import file_sha256, write_atomically
 from drafttrain.runtime import load_model, load_tokenizer
 from drafttrain.runtime.loader import eos_token_ids
+from drafttrain.runtime.row_kernels import LARGE_COUNTS
 from drafttrain.runtime.views import parse_self_spec
 from drafttrain.tracking import tracked_run
 
@@ -160,10 +161,19 @@ def calibrate_latency(decoder: SpeculativeDecoder, drafters: dict[str, Drafter],
 def tune_levels(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], calls: dict, largest: int,
                 context: int) -> dict[str, dict[int, str]]:
     """`tune_row_kernels` for the target and each draft model, over every token count up to
-    `largest` after `context` tokens, on the call that times the level; returns the plans, applied.
-    Self-draft views run the target's model, so they share its plan."""
+    `largest` after `context` tokens and the larger counts that plans bucket (`LARGE_COUNTS`, so
+    prefills are covered) that fit the model's window, on the call that times the level; returns
+    the plans, applied. Self-draft views run the target's model, so they share its plan."""
     models = {TARGET_LEVEL: decoder.target, **draft_models(drafters)}
-    return {name: tune_row_kernels(model, calls[name], range(1, largest + 1), context) for name, model in models.items()}
+    return {name: tune_row_kernels(model, calls[name], tuned_counts(largest, context, model.args.max_position_embeddings),
+                                   context)
+            for name, model in models.items()}
+
+
+def tuned_counts(largest: int, context: int, window: int) -> list[int]:
+    """Row counts to tune: 1..largest, then each of `LARGE_COUNTS` beyond it that fits after
+    `context` tokens in a `window`-position model."""
+    return [*range(1, largest + 1), *(n for n in LARGE_COUNTS if largest < n and context + n <= window)]
 
 
 def median_context(prompt_ids: list[list[int]], longest: int) -> int:

@@ -41,7 +41,7 @@ from drafttrain.errors import DrafttrainError
 from drafttrain.io import write_atomically
 from drafttrain.runtime.cache import KVCache, causal_mask
 from drafttrain.runtime.model import Transformer
-from drafttrain.runtime.row_kernels import DEFAULT_KERNEL, KERNELS, check_plan, pick_row_kernels
+from drafttrain.runtime.row_kernels import DEFAULT_KERNEL, available_kernels, check_plan, pick_row_kernels
 from drafttrain.runtime.views import SelfDraftView
 
 PROFILE_FORMAT = "drafttrain-latency"
@@ -158,12 +158,13 @@ def tune_row_kernels(model: Transformer, call: Call, token_counts: Sequence[int]
     when it is faster by more than `margin`."""
     if model.device.type != "cpu":
         return model.apply_row_kernels({})
-    plan = model.apply_row_kernels({n: DEFAULT_KERNEL for n in token_counts})
-    samples: dict[int, dict[str, list[float]]] = {n: {kernel: [] for kernel in KERNELS} for n in token_counts}
+    kernels = available_kernels(model.dtype)
+    plan = model.apply_row_kernels({n: DEFAULT_KERNEL for n in token_counts}, prepare=kernels)
+    samples: dict[int, dict[str, list[float]]] = {n: {kernel: [] for kernel in kernels} for n in token_counts}
     for sweep in range(warmup + repeats):
         for n in token_counts:
-            for turn in range(len(KERNELS)):
-                kernel = KERNELS[(sweep + turn) % len(KERNELS)]
+            for turn in range(len(kernels)):
+                kernel = kernels[(sweep + turn) % len(kernels)]
                 plan.clear()
                 plan[n] = kernel
                 seconds = _seconds(call, n, context)

@@ -8,6 +8,8 @@ fused so a decode step issues few kernels. Batch size is 1.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +19,19 @@ from torch import nn
 from drafttrain.kernels.launch import kernels_enabled
 from drafttrain.kernels.tree_attention import tree_attention
 from drafttrain.runtime.cache import KVCache, causal_mask
-from drafttrain.runtime.row_kernels import OUTPUT_MAJOR, PLAN, check_plan, head_logits, project
+from drafttrain.runtime.row_kernels import (
+    COPIES,
+    ONEDNN_WEIGHT,
+    OUTPUT_MAJOR,
+    PLAN,
+    available_kernels,
+    check_plan,
+    copies_for,
+    head_logits,
+    kernel_for,
+    pack_onednn,
+    project,
+)
 from drafttrain.runtime.rope import (
     RopeScaling,
     apply_rope,
@@ -158,6 +172,16 @@ class Block(nn.Module):
         self.mlp = MLP(args)
 
 
+def _make_copies(layer: nn.Linear, needed: set[str]) -> None:
+    """Give `layer` the weight copies `needed` (attribute names) and drop the others."""
+    makers = {OUTPUT_MAJOR: lambda weight: weight.contiguous(), ONEDNN_WEIGHT: pack_onednn}
+    for copy, make in makers.items():
+        if copy not in needed:
+            layer.__dict__.pop(copy, None)
+        elif copy not in layer.__dict__:
+            layer.__dict__[copy] = make(layer.weight.detach())
+
+
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -200,27 +224,47 @@ class Transformer(nn.Module):
             for layer in (block.attn.wqkv, block.attn.wo, block.mlp.w13, block.mlp.w2):
                 weight = layer.weight.detach()
                 layer.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=weight.requires_grad)
-                layer.__dict__.pop(OUTPUT_MAJOR, None)  # a copy of the old weight: remade below
+                for copy in set(COPIES.values()):
+                    layer.__dict__.pop(copy, None)  # copies of the old weight: remade below
         self.apply_row_kernels(self.row_kernels)
         return self
 
-    def apply_row_kernels(self, plan: dict[int, str]) -> dict[int, str]:
+    def apply_row_kernels(self, plan: dict[int, str], prepare: tuple[str, ...] = ()) -> dict[int, str]:
         """Run forwards of n rows with the kernel `plan[n]` (`drafttrain.runtime.row_kernels`), in place;
-        returns the plan the layers share (changing it changes what they run). Kernels other than the
-        default need an output-major copy of each block weight, made here; an empty plan drops the
-        copies. On CUDA the plan is ignored (an empty plan is returned): cuBLAS chooses its own kernels."""
+        returns the plan the layers share (changing it changes what they run, for the kernels
+        `prepare` names besides the plan's own). Kernels other than the default need a copy of each
+        block weight (output-major or oneDNN-packed), made here; copies no kernel needs are dropped.
+        On CUDA the plan is ignored (an empty plan is returned): cuBLAS chooses its own kernels. Kernels
+        this build cannot run (`available_kernels`) are left out of the plan, with a warning."""
         plan = check_plan(plan) if self.device.type == "cpu" else {}
+        runnable = available_kernels(self.dtype)
+        if any(kernel not in runnable for kernel in plan.values()):
+            warnings.warn(f"row kernels {sorted(set(plan.values()) - set(runnable))} cannot run here (this PyTorch "
+                          f"build and dtype {self.dtype} run {runnable}): those row counts use the default")
+            plan = {rows: kernel for rows, kernel in plan.items() if kernel in runnable}
+        needed = copies_for([*plan.values(), *(kernel for kernel in prepare if kernel in runnable)])
         for block in self.layers:
             for layer in (block.attn.wqkv, block.attn.wo, block.mlp.w13, block.mlp.w2):
-                if plan:
-                    if OUTPUT_MAJOR not in layer.__dict__:
-                        layer.__dict__[OUTPUT_MAJOR] = layer.weight.detach().contiguous()
+                _make_copies(layer, needed)
+                if plan or needed:
                     layer.__dict__[PLAN] = plan
                 else:
-                    layer.__dict__.pop(OUTPUT_MAJOR, None)
                     layer.__dict__.pop(PLAN, None)
+        self.__dict__["_packed_heads"] = {}  # the heads' packed copies, remade on first use
         self.row_kernels = plan
         return plan
+
+    def _head_kernel(self, weight: torch.Tensor, rows: int) -> tuple[str | None, torch.Tensor | None]:
+        """The plan's kernel for a head product over `rows` rows, and for `onednn` the packed copy of
+        `weight` (the LM head's or a draft's vocabulary subset), packed once per weight."""
+        kernel = kernel_for(self.row_kernels, rows) if self.row_kernels else None
+        if kernel != "onednn":
+            return kernel, None
+        packed_heads = self.__dict__.setdefault("_packed_heads", {})
+        entry = packed_heads.get(id(weight))
+        if entry is None or entry[0] is not weight:
+            entry = packed_heads[id(weight)] = (weight, pack_onednn(weight))
+        return kernel, entry[1]
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
         args = self.args
@@ -267,4 +311,5 @@ class Transformer(nn.Module):
             return None
         weight = self.lm_head.weight if head is None else head
         selected = x if rows is not None else x[logits_rows]
-        return head_logits(rms_norm(selected, self.norm.weight, self.norm.eps), weight, self.row_kernels).float()
+        kernel, packed = self._head_kernel(weight, selected.shape[0])
+        return head_logits(rms_norm(selected, self.norm.weight, self.norm.eps), weight, kernel, packed).float()

@@ -13,6 +13,7 @@ from drafttrain.calibration.acceptance import AcceptancePredictors
 from drafttrain.calibration.latency import LatencyProfile
 from drafttrain.calibration.traces import Traces
 from drafttrain.cli import main
+from drafttrain.runtime.row_kernels import LARGE_COUNTS
 
 REPO = Path(__file__).parents[2]
 
@@ -51,7 +52,7 @@ def test_calibrate_writes_every_output(calibrated):
     assert set(plans) <= {"target", "draft0"}
     assert {level: {int(rows): kernel for rows, kernel in plan.items()} for level, plan in plans.items()} \
         == profile.row_kernels
-    assert all(1 <= rows <= largest for plan in profile.row_kernels.values() for rows in plan)
+    assert all(1 <= rows <= largest or rows in LARGE_COUNTS for plan in profile.row_kernels.values() for rows in plan)
     traces = Traces.load_csv(out / "traces.csv")
     assert len(traces) == report["trace_rows"] and set(traces.levels()) == set(report["levels"])
     for level, scores in report["acceptance"]["greedy"].items():
@@ -96,3 +97,10 @@ def test_a_cascade_without_levels_is_refused(tiny_target, tmp_path, capsys):
     code = main(["run", "calibrate", "--config", str(REPO / "configs/tiny/calibrate.yaml"), f"target={tiny_target}",
                  f"prompts={prompts}", "ngram=false", "self_specs=[]", f"out={tmp_path / 'out'}"])
     assert code == 2 and "no draft level" in capsys.readouterr().err
+
+
+def test_tuned_counts_add_the_large_buckets_that_fit_the_window():
+    from recipes.calibrate import tuned_counts
+
+    assert tuned_counts(4, 100, 300) == [1, 2, 3, 4, 96, 128, 192]
+    assert tuned_counts(64, 400, 1024) == [*range(1, 65), 96, 128, 192, 256, 384, 512]
