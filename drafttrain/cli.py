@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shlex
 import sys
 import types
@@ -69,7 +68,9 @@ def device_name(device: str, threads: int) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
-    return (f"cpu {platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads "
+    from drafttrain.calibration.latency import cpu_model_name
+
+    return (f"cpu {cpu_model_name()}, {threads or torch.get_num_threads()} threads "
             f"(torch {torch.__version__})")
 
 

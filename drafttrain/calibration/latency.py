@@ -70,14 +70,16 @@ def hardware_fingerprint(device: torch.device | str, dtype: torch.dtype) -> dict
     if device.type == "cuda":
         name = f"cuda: {torch.cuda.get_device_name(device)}"
     elif device.type == "cpu":
-        name = f"cpu: {_cpu_model_name()}"
+        name = f"cpu: {cpu_model_name()}"
     else:
         name = str(device)
     return {"device": name, "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def _cpu_model_name() -> str:
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what `platform` knows): hosts of one
+    architecture differ in speed, so fingerprints and reports name the model."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")

@@ -19,6 +19,7 @@ from drafttrain.calibration.latency import (
     LatencyProfile,
     Timing,
     context_buckets,
+    cpu_model_name,
     fingerprint_differences,
     fit_latency,
     hardware_fingerprint,
@@ -308,6 +309,14 @@ def test_hardware_fingerprint_and_differences():
     assert differences[1].startswith("threads: ")
     profile = fitted_profile()
     assert any(line.startswith("device:") for line in profile.check_hardware(here))
+
+
+def test_reports_name_the_cpu_model_as_the_fingerprint_does():
+    from drafttrain.cli import device_name
+
+    model = cpu_model_name()
+    assert model and hardware_fingerprint("cpu", torch.float32)["device"] == f"cpu: {model}"
+    assert device_name("cpu", 3) == f"cpu {model}, 3 threads (torch {torch.__version__})"
 
 
 # ---- measuring ------------------------------------------------------------------------------
