@@ -150,14 +150,19 @@ def _forward_inputs(model: Transformer, tokens: int, context: int,
 
 
 def tune_row_kernels(model: Transformer, call: Call, token_counts: Sequence[int], context: int,
-                     repeats: int = 5, warmup: int = 1, margin: float = 0.03) -> dict[int, str]:
+                     repeats: int = 5, warmup: int = 1, margin: float = 0.03,
+                     before: Callable[[], None] | None = None) -> dict[int, str]:
     """Time `call` (a forward of `model`, e.g. `model_forward_call`) at every token count after
     `context` tokens under each row kernel (`drafttrain.runtime.row_kernels`), apply the plan of
     winners to the model and return it ({} on CUDA, or where the default wins).
 
     Only the kernel of the timed row count changes between timings; the kernels are interleaved,
     in a rotating order, over `warmup` + `repeats` sweeps, and a kernel replaces the default only
-    when it is faster by more than `margin`."""
+    when it is faster by more than `margin`. `before`, if given, runs untimed before every timed
+    call: the work that precedes the forward in decoding. A draft's forward follows the target's,
+    which pushes the draft out of the CPU caches, and which kernel runs fastest cold differs from
+    which runs fastest warm (on the reference CPU, warm timing chose `(W @ x.T).T` for a one-row
+    draft forward, which after a target forward cost about a fifth more than the default)."""
     if model.device.type != "cpu":
         return model.apply_row_kernels({})
     kernels = available_kernels(model.dtype)
@@ -169,6 +174,8 @@ def tune_row_kernels(model: Transformer, call: Call, token_counts: Sequence[int]
                 kernel = kernels[(sweep + turn) % len(kernels)]
                 plan.clear()
                 plan[n] = kernel
+                if before is not None:
+                    before()
                 seconds = _seconds(call, n, context)
                 if sweep >= warmup:
                     samples[n][kernel].append(seconds)

@@ -217,6 +217,29 @@ def test_tuning_keeps_the_kernel_that_times_fastest_at_each_row_count():
     assert len(timed) == 3 * len(runnable) * 4 and {kernel for _, kernel in timed} == set(runnable)
 
 
+def test_tuning_times_each_forward_after_the_work_that_precedes_it_in_decoding():
+    """A kernel that is fastest warm may be slowest cold: with `before` (untimed, run before every
+    timed call) the plan is the cold winner's."""
+    model = runtime_model(1, vocab=16, layers=1)
+    state = {"cold": False, "before": 0, "timed": 0}
+
+    def evict() -> None:
+        state["cold"] = True
+        state["before"] += 1
+        time.sleep(0.004)  # untimed: must not count against any kernel
+
+    def call(tokens: int, context: int) -> None:
+        kernel = model.row_kernels.get(tokens, "input_major")
+        state["timed"] += 1
+        fast = "output_major_t" if state["cold"] else "input_major"
+        time.sleep(0.001 if kernel == fast else 0.004)
+        state["cold"] = False
+
+    assert tune_row_kernels(model, call, [1], context=8, repeats=3, warmup=1) == {}
+    assert tune_row_kernels(model, call, [1], context=8, repeats=3, warmup=1, before=evict) == {1: "output_major_t"}
+    assert state["before"] == 4 * len(available_kernels(model.dtype)) == state["timed"] / 2
+
+
 # ---- profile file ---------------------------------------------------------------------------
 
 
