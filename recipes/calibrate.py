@@ -165,7 +165,7 @@ def tune_levels(decoder: SpeculativeDecoder, drafters: dict[str, Drafter], calls
     `largest` after `context` tokens and the larger counts that plans bucket (`LARGE_COUNTS`, so
     prefills are covered) that fit the model's window, on the call that times the level; returns
     the plans, applied. Self-draft views run the target's model, so they share its plan. A draft
-    model is timed as it runs in decoding, after a target forward (which leaves it cold)."""
+    model is timed as it runs in decoding, after a target forward."""
     models = {TARGET_LEVEL: decoder.target, **draft_models(drafters)}
     target_forward = partial(calls[TARGET_LEVEL], 1, context)
     return {name: tune_row_kernels(model, calls[name], tuned_counts(largest, context, model.args.max_position_embeddings),

@@ -160,9 +160,8 @@ def tune_row_kernels(model: Transformer, call: Call, token_counts: Sequence[int]
     in a rotating order, over `warmup` + `repeats` sweeps, and a kernel replaces the default only
     when it is faster by more than `margin`. `before`, if given, runs untimed before every timed
     call: the work that precedes the forward in decoding. A draft's forward follows the target's,
-    which pushes the draft out of the CPU caches, and which kernel runs fastest cold differs from
-    which runs fastest warm (on the reference CPU, warm timing chose `(W @ x.T).T` for a one-row
-    draft forward, which after a target forward cost about a fifth more than the default)."""
+    which leaves it colder than back-to-back timing does, so a draft is timed as it runs there
+    (`scripts/draft_cold_cost.py` compares the kernels after a target forward)."""
     if model.device.type != "cpu":
         return model.apply_row_kernels({})
     kernels = available_kernels(model.dtype)
