@@ -8,6 +8,7 @@ moves the accepted nodes' entries into place.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -66,14 +67,13 @@ def tree_mask(start: int, parents: list[int], device: torch.device | str) -> tor
     Every query sees the committed slots 0 .. start - 1, the root, its ancestors and itself.
     Returns [1 + n, start + 1 + n] bool.
     """
-    n = len(parents)
-    local = torch.eye(n + 1, dtype=torch.bool)
-    local[:, 0] = True
-    for i, parent in enumerate(parents):
+    mask = np.zeros((len(parents) + 1, start + 1 + len(parents)), dtype=bool)  # built in numpy: a torch
+    mask[:, :start + 1] = True  # op per node cost several times more (it runs every decoding step)
+    for node, parent in enumerate(parents):
         if parent >= 0:
-            local[i + 1] |= local[parent + 1]
-    prefix = torch.ones(n + 1, start, dtype=torch.bool)
-    return torch.cat((prefix, local), dim=1).to(device)
+            mask[node + 1] = mask[parent + 1]  # a parent precedes its children: its row is complete
+        mask[node + 1, start + 1 + node] = True
+    return torch.from_numpy(mask).to(device)
 
 
 def tree_positions(start: int, depths: list[int], device: torch.device | str) -> torch.Tensor:

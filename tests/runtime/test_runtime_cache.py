@@ -199,6 +199,21 @@ def test_tree_mask_hand_example():
     assert torch.equal(tree_mask(0, [], "cpu"), torch.ones(1, 1, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_tree_mask_marks_exactly_the_prefix_the_root_and_each_nodes_ancestors(seed):
+    generator = torch.Generator().manual_seed(seed)
+    parents = [int(torch.randint(-1, node, (1,), generator=generator)) for node in range(30)]
+    start = 5 * seed
+    mask = tree_mask(start, parents, "cpu")
+    for node in range(len(parents)):
+        ancestors, walk = {node}, parents[node]
+        while walk >= 0:
+            ancestors.add(walk)
+            walk = parents[walk]
+        expected = [True] * (start + 1) + [other in ancestors for other in range(len(parents))]
+        assert mask[node + 1].tolist() == expected
+
+
 def test_tree_positions():
     positions = tree_positions(7, _depths(PARENTS), "cpu")
     assert positions.dtype == torch.long
