@@ -376,6 +376,9 @@ class NgramDrafter:
         length, ends = self.index.longest_match(self.min_match, self.max_match)
         if not ends:
             return 0, [], []
+        if shape.is_chain:
+            tokens = self.index.chain_continuation(ends[: self.max_occurrences], shape.depth)
+            return length, tokens, list(range(-1, len(tokens) - 1))
         continuations = self.index.continuations(ends[: self.max_occurrences], shape.depth)
         distinct = list(dict.fromkeys(continuations))  # keeps most recent first
         return length, *_merge_into_trie(distinct, shape)
@@ -439,6 +442,20 @@ class TokenIndex:
                 break
             ends, length = agreeing, length + 1
         return (length, ends) if length >= min_match else (0, [])
+
+    def chain_continuation(self, ends: list[int], depth: int) -> list[int]:
+        """The chain `_merge_into_trie` makes of the `continuations` of `ends` (most recent first) under
+        a chain shape, without building them all: the most recent end's continuation, replaced by an
+        older one's wherever that one agrees with it and runs further before the context ends."""
+        tokens = self.tokens
+        best: list[int] = []
+        for end in ends:
+            row = tokens[end + 1:end + 1 + depth]
+            if len(row) > len(best) and row[:len(best)] == best:
+                best = row
+                if len(best) == depth:
+                    break
+        return best
 
     def continuations(self, ends: list[int], depth: int) -> list[tuple[int, ...]]:
         """The `depth` tokens following each end position, -1 past the end of the context."""

@@ -202,7 +202,7 @@ def contexts(seed: int, steps: int = 150):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("shape", [TreeShape.chain(8), TreeShape((3, 2, 1, 1))])
+@pytest.mark.parametrize("shape", [TreeShape.chain(1), TreeShape.chain(8), TreeShape.chain(30), TreeShape((3, 2, 1, 1))])
 def test_incremental_index_matches_the_numpy_lookup(seed, shape):
     drafter = NgramDrafter(min_match=1 + seed % 2, max_match=4 + seed, max_occurrences=3 + seed)
     for ids in contexts(seed):
