@@ -184,6 +184,8 @@ class DyTCDrafter:
         self.settings = settings or DyTCSettings()
         self.ema = ema or AcceptanceEMA()
         self._mode_predictors: dict[str, LevelPredictor] = {}
+        self._mode: str | None = None
+        self._largest = max(latency.grid.get("token_counts", [64])) - 1  # the largest verify the profile timed
         self.last_plan: StepPlan | None = None
         self._cost_tables: dict[tuple[str, int, int], list[float]] = {}
         self._budgets: dict[tuple[int, int], int] = {}
@@ -246,7 +248,7 @@ class DyTCDrafter:
     def _start_step(self, context: torch.Tensor, shape: TreeShape, sampling: SamplingParams) -> tuple[_Step, int]:
         """The step's empty tree with its constants, and its node budget."""
         self._use_mode(sampling)
-        largest = min(self._largest_timed(), shape.num_nodes)
+        largest = min(self._largest, shape.num_nodes)
         verify = self._cost_table(TARGET_LEVEL, len(context), largest + 2)[1:]
         accept = {name: min(self.ema.estimate(name), MAX_ACCEPT) for name in self.levels}
         step = _Step(len(context), TreeBuilder(context.device), verify, accept)
@@ -296,12 +298,15 @@ class DyTCDrafter:
 
     def _use_mode(self, sampling: SamplingParams) -> None:
         mode = mode_name(sampling)
+        if mode == self._mode:
+            return
         if mode not in self.predictors:
             raise DrafttrainError(f"no acceptance predictors for mode {mode} (have {sorted(self.predictors)}): "
                                   f"calibrate with temperatures=[{sampling.temperature}]")
         self._mode_predictors = self.predictors[mode]
         for name, predictor in self._mode_predictors.items():
             self.ema.priors.setdefault(name, predictor.mean_acceptance)
+        self._mode = mode
 
     def _draft_seconds(self, level: str, depth: int, k: int, step: _Step) -> float:
         """A model level feeds the context tokens its cache lacks and the path to the node, then
@@ -341,9 +346,6 @@ class DyTCDrafter:
     @staticmethod
     def _verify_seconds(nodes: int, step: _Step) -> float:
         return float(step.verify[min(nodes, len(step.verify) - 1)])
-
-    def _largest_timed(self) -> int:
-        return max(self.latency.grid.get("token_counts", [64])) - 1
 
     def _rate(self, step: _Step) -> float:
         """Expected committed tokens per second of the step as it stands (the bonus token included)."""
