@@ -67,8 +67,9 @@ def tree_mask(start: int, parents: list[int], device: torch.device | str) -> tor
     Every query sees the committed slots 0 .. start - 1, the root, its ancestors and itself.
     Returns [1 + n, start + 1 + n] bool.
     """
-    mask = np.zeros((len(parents) + 1, start + 1 + len(parents)), dtype=bool)  # built in numpy: a torch
-    mask[:, :start + 1] = True  # op per node cost several times more (it runs every decoding step)
+    # Built in numpy: this runs every decoding step, and a torch op per node cost several times more.
+    mask = np.zeros((len(parents) + 1, start + 1 + len(parents)), dtype=bool)
+    mask[:, :start + 1] = True
     for node, parent in enumerate(parents):
         if parent >= 0:
             mask[node + 1] = mask[parent + 1]  # a parent precedes its children: its row is complete
