@@ -49,7 +49,7 @@ class TrainerConfig:
     batch_size: int = 16
     seq_len: int = 512
     accumulate: int = 1
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # Lightning's precision; auto: bf16-mixed where the hardware has native bf16, else 32-true
     accelerator: str = "auto"
     strategy: str = "auto"
     devices: int | str = "auto"  # a count, or Lightning's "auto" / "0,1" forms

@@ -205,3 +205,21 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
     assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(native, monkeypatch):
+    from drafttrain.training import run
+
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: native)
+    assert run.resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
+    assert run.resolve_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice stands
+
+
+def test_a_cpu_with_bf16_instructions_counts_as_native_bf16():
+    from drafttrain.training.run import cpu_has_native_bf16
+
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        assert cpu_has_native_bf16()
+    elif not torch.cpu._is_avx512_supported():  # oneDNN runs bf16 on AVX-512 cores too; below that, never
+        assert not cpu_has_native_bf16()
