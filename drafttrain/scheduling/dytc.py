@@ -22,6 +22,13 @@ Each step starts from the root (the last committed token) and repeats:
    probability is the product along its path. The runner-up token of the first new node's
    draft distribution is added as a sibling when its expected gain per second of extra
    verify cost beats the current rate (it costs no drafting).
+5. with `alternatives`, the node just drafted below goes back into the queue, ranked by its open
+   mass (its cumulative probability less its children's: the chance that none of them is
+   accepted), for another level's chain beside the first, scored as in 2 with that mass as the
+   chance of reaching it; its first token's probability is taken of that mass too. Under greedy
+   decoding the tokens such a chain shares with the tree's existing path are not drafted twice:
+   the rest hangs where the two part (a model draft that agrees with an n-gram copy for a few
+   tokens and then differs proposes an alternative exactly where the copy may go wrong).
 
 After verification, `observe` feeds each level's accepted / judged counts to the online
 estimator (`AcceptanceEMA`). The tree is verified like any other, so decoding stays lossless:
@@ -71,6 +78,7 @@ class DyTCSettings:
     bottom: str = "ngram"  # the level credited by the a^k * a_bottom term of T (if present)
     choice: str = "rate"  # "rate": the expansion that most raises the step's expected rate; "cas-spec": T(S, k)
     siblings: bool = True
+    alternatives: bool = False  # a node one level drafted below may get another level's chain beside it
     levels: list[str] = field(default_factory=list)  # the levels DyTC schedules (empty: every level of the cascade)
 
     def __post_init__(self) -> None:
@@ -116,11 +124,24 @@ class _Step:
     cumulative: list[float] = field(default_factory=list)  # per node: P(path to it is accepted)
     gain: float = 0.0  # expected accepted draft tokens of the tree
     draft_seconds: float = 0.0
-    failed: set[tuple[int, str]] = field(default_factory=set)  # (node, level) that drafted nothing
+    spent: set[tuple[int, str]] = field(default_factory=set)  # (node, level) that drafted there, or drafted nothing
+    child_mass: dict[int, float] = field(default_factory=dict)  # node -> sum of its children's cumulative probability
     expansions: list[tuple[int, str, int]] = field(default_factory=list)  # (node, level, tokens drafted)
 
     def totals(self) -> StepTotals:
         return StepTotals(self.gain, self.draft_seconds, len(self.builder), self.verify)
+
+    def open_mass(self, node: int) -> float:
+        """P(the path to `node` is accepted and none of its children is): what a new child of it
+        can still win (children hold distinct tokens, so at most one of them is accepted)."""
+        reach = 1.0 if node < 0 else self.cumulative[node]
+        return max(reach - self.child_mass.get(node, 0.0), 0.0)
+
+    def add_node(self, parent: int, cumulative: float) -> None:
+        """Record the cumulative probability of the node just added below `parent`."""
+        self.cumulative.append(cumulative)
+        self.child_mass[parent] = self.child_mass.get(parent, 0.0) + cumulative
+        self.gain += cumulative
 
 
 def _one_call(drafter: Drafter) -> bool:
@@ -212,8 +233,8 @@ class DyTCDrafter:
             if expansion.gain / self._marginal_seconds(expansion, step) < self._rate(step):
                 break
             new_nodes = self._draft(context, expansion, step, sampling, generator)
+            step.spent.add((node, expansion.level))
             if not new_nodes:
-                step.failed.add((node, expansion.level))
                 heapq.heappush(frontier, (cumulative, node))
                 continue
             step.draft_seconds += expansion.seconds
@@ -222,6 +243,8 @@ class DyTCDrafter:
                 self._add_sibling(new_nodes[0], step, sampling, generator, frontier)
             tip = new_nodes[-1]
             heapq.heappush(frontier, (-step.cumulative[tip], tip))
+            if self.settings.alternatives and step.open_mass(node) > 0:
+                heapq.heappush(frontier, (-step.open_mass(node), node))  # for another level's chain beside
         nodes = len(step.builder)
         self.last_plan = StepPlan(nodes, step.gain, step.draft_seconds, self._verify_seconds(nodes, step),
                                   tuple(step.expansions))
@@ -320,7 +343,7 @@ class DyTCDrafter:
         room = min(budget - len(step.builder), max_depth - depth)
         if room <= 0:
             return None
-        names = [name for name in self.levels if (node, name) not in step.failed]
+        names = [name for name in self.levels if (node, name) not in step.spent]
         if self.settings.choice == "cas-spec":
             choice = self._choose_cas_spec(names, depth, room, step)
         else:
@@ -372,24 +395,29 @@ class DyTCDrafter:
             step.terms[expansion.level] = terms._replace(pending=pending)
         if not len(draft):
             return []
-        nodes = builder.graft(expansion.node, draft, expansion.level)
-        probabilities = self._token_accept(expansion.level, draft, nodes, step)
-        for node, probability in zip(nodes, probabilities):
-            parent = builder.parents[node]
-            step.cumulative.append((1.0 if parent < 0 else step.cumulative[parent]) * probability)
-            step.gain += step.cumulative[-1]
+        parent, skip = expansion.node, 0
+        if self.settings.alternatives and sampling.greedy:  # tokens the tree holds already are not verified twice
+            parent, skip = builder.shared_prefix(expansion.node, draft.tokens.tolist())
+        probabilities = self._token_accept(expansion.level, draft, builder.depth(expansion.node), step)[skip:]
+        nodes = builder.graft(parent, draft, expansion.level, skip)
+        for index, (node, probability) in enumerate(zip(nodes, probabilities)):
+            above = builder.parents[node]
+            # the first new node competes with the children `parent` has (distinct tokens: one is right at most)
+            reach = step.open_mass(above) if index == 0 else step.cumulative[above]
+            step.add_node(above, reach * probability)
         return nodes
 
-    def _token_accept(self, level: str, draft: DraftTree, nodes: list[int], step: _Step) -> list[float]:
-        """Calibrated P(accept) of each drafted token, shifted by the level's online estimate."""
+    def _token_accept(self, level: str, draft: DraftTree, depth: int, step: _Step) -> list[float]:
+        """Calibrated P(accept) of each token of a chain drafted below a node at `depth`, shifted by
+        the level's online estimate."""
         accept = step.accept[level]
         predictor = self._mode_predictors.get(level)
         if predictor is None:
-            return [accept] * len(nodes)
+            return [accept] * len(draft)
         confidence = self._confidence(predictor.feature, draft)
         shift = logit(accept) - logit(predictor.mean_acceptance)
-        return [shifted_acceptance(predictor.predict_one(value, step.builder.depths[node]), shift)
-                for value, node in zip(confidence, nodes)]
+        return [shifted_acceptance(predictor.predict_one(value, depth + offset), shift)
+                for offset, value in enumerate(confidence, start=1)]
 
     @staticmethod
     def _confidence(feature: str, draft: DraftTree) -> list[float]:
@@ -426,8 +454,7 @@ class DyTCDrafter:
             return
         token = runner_up if sampling.greedy else int(torch.multinomial(remaining, 1, generator=generator))
         sibling = builder.add(parent, token, level, remaining)
-        step.cumulative.append(cumulative)
-        step.gain += cumulative
+        step.add_node(parent, cumulative)
         heapq.heappush(frontier, (-cumulative, sibling))
 
 

@@ -23,6 +23,7 @@ class TreeBuilder:
         self.levels: list[str] = []
         self.q_rows: list[torch.Tensor | None] = []
         self.depths: list[int] = []
+        self._child_by_token: dict[tuple[int, int], int] = {}  # (parent, token) -> its first child with that token
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -44,16 +45,37 @@ class TreeBuilder:
         self.levels.append(level)
         self.q_rows.append(q_row)
         self.depths.append(self.depth(parent) + 1)
-        return len(self.tokens) - 1
+        node = len(self.tokens) - 1
+        self._child_by_token.setdefault((parent, token), node)
+        return node
 
-    def graft(self, parent: int, draft: DraftTree, level: str) -> list[int]:
-        """Attach `draft` (rooted at `parent`) and return the new nodes' indices, in draft order."""
+    def child_with_token(self, parent: int, token: int) -> int | None:
+        """The first child of `parent` (-1: the root) holding `token`, or None."""
+        return self._child_by_token.get((parent, token))
+
+    def graft(self, parent: int, draft: DraftTree, level: str, skip: int = 0) -> list[int]:
+        """Attach `draft` (rooted at `parent`) and return the new nodes' indices, in draft order.
+        With `skip`, the draft's first `skip` nodes are left out and those below them hang from
+        `parent` instead (a chain whose first tokens the tree already holds, ending at `parent`)."""
         nodes: list[int] = []
         q_rows = [None] * len(draft) if draft.q_draft is None else draft.q_draft.unbind(0)
-        for index, (token, q_row) in enumerate(zip(draft.tokens.tolist(), q_rows)):
-            below = parent if draft.parents[index] < 0 else nodes[draft.parents[index]]
-            nodes.append(self.add(below, token, level, q_row))
+        tokens = draft.tokens.tolist()
+        for index in range(skip, len(draft)):
+            above = draft.parents[index]
+            below = parent if above < skip else nodes[above - skip]
+            nodes.append(self.add(below, tokens[index], level, q_rows[index]))
         return nodes
+
+    def shared_prefix(self, node: int, tokens: list[int]) -> tuple[int, int]:
+        """How far a chain of `tokens` below `node` runs along nodes the tree already has: (the last
+        such node, or `node` itself; how many of the tokens it matched)."""
+        matched = 0
+        for token in tokens:
+            child = self.child_with_token(node, token)
+            if child is None:
+                break
+            node, matched = child, matched + 1
+        return node, matched
 
     def children(self, node: int) -> list[int]:
         return [i for i, parent in enumerate(self.parents) if parent == node]

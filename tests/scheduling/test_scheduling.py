@@ -87,6 +87,19 @@ def test_tree_builder_grafts_with_offsets_and_point_masses():
     assert TreeBuilder().graft(-1, DraftTree.chain(torch.tensor([1])), "ngram") == [0]
 
 
+def test_tree_builder_grafts_only_the_part_of_a_chain_the_tree_lacks():
+    builder = TreeBuilder()
+    builder.graft(-1, DraftTree.chain(torch.tensor([4, 5, 6])), "ngram")
+    assert builder.shared_prefix(-1, [4, 5, 9, 1]) == (1, 2)  # 4, 5 are nodes 0, 1; 9 is new
+    assert builder.shared_prefix(-1, [7, 4]) == (-1, 0) and builder.shared_prefix(0, [5, 6]) == (2, 2)
+    q_rows = torch.full((4, 10), 0.1)
+    nodes = builder.graft(1, DraftTree.chain(torch.tensor([4, 5, 9, 1]), q_rows), "draft0", skip=2)
+    assert nodes == [3, 4] and builder.parents[3:] == [1, 3] and builder.depths[3:] == [3, 4]
+    assert builder.tokens[3:] == [9, 1] and builder.levels[3:] == ["draft0", "draft0"]
+    assert builder.child_with_token(1, 9) == 3 and builder.child_with_token(1, 6) == 2
+    assert builder.child_with_token(1, 4) is None
+
+
 # ---------------------------------------------------------------- DyTC
 
 
@@ -261,15 +274,55 @@ def levels_for(decoder: SpeculativeDecoder, vocab: int) -> dict:
             "ngram": NgramDrafter()}
 
 
-def real_dytc(decoder: SpeculativeDecoder, vocab: int, mode: str) -> DyTCDrafter:
+def real_dytc(decoder: SpeculativeDecoder, vocab: int, mode: str, alternatives: bool = False) -> DyTCDrafter:
     predictors = {mode: {"draft0": identity_predictor(), "self0": identity_predictor(0.8), "ngram": match_predictor()}}
     latency = profile({"target": (1.0, 0.02), "draft0": (0.1, 0.01), "self0": (0.6, 0.02), "ngram": (0.01, 0.0)})
-    return DyTCDrafter(levels_for(decoder, vocab), predictors, latency, vocab)
+    return DyTCDrafter(levels_for(decoder, vocab), predictors, latency, vocab,
+                       settings=DyTCSettings(alternatives=alternatives))
 
 
-def test_dytc_greedy_equals_autoregressive():
+def test_dytc_open_mass_is_what_a_nodes_children_leave():
+    step = DyTCDrafter({"self0": FixedDrafter("self0", q=0.5)}, {"greedy": {"self0": identity_predictor()}},
+                       profile({"target": (1.0, 0.01), "self0": (0.01, 0.0)}), 8)._start_step(
+        torch.tensor([1, 2]), capacity_shape(8, 4), GREEDY)[0]
+    assert step.open_mass(-1) == 1.0
+    step.add_node(-1, 0.6)  # node 0
+    step.add_node(0, 0.3)  # node 1, below it
+    step.add_node(-1, 0.25)  # node 2, beside node 0
+    assert step.open_mass(-1) == pytest.approx(0.15) and step.open_mass(0) == pytest.approx(0.3)
+    assert step.open_mass(1) == pytest.approx(0.3) and step.gain == pytest.approx(1.15)
+    step.add_node(-1, 0.5)  # estimates summing past 1 leave nothing open, not less
+    assert step.open_mass(-1) == 0.0
+
+
+@pytest.mark.parametrize("alternatives", [False, True])
+def test_dytc_drafts_another_levels_chain_beside_a_node_only_with_alternatives(alternatives):
+    """The n-gram drafter copies 3, 9, 1, 2 after the recurring "1, 2" (P(accept) 0.375 a token); self0
+    would draft 3, 4, 5 there (0.3 a token). With alternatives, self0's chain also goes below the
+    root, beside the n-gram's, and its first token, which the tree has, is not drafted twice: 4
+    hangs below the n-gram's 3, beside its 9."""
+    ngram, model = NgramDrafter(), FixedDrafter("self0", q=0.3)
+    dytc = DyTCDrafter({"ngram": ngram, "self0": model},
+                       {"greedy": {"ngram": match_predictor(), "self0": identity_predictor(0.3)}},
+                       profile({"target": (1.0, 0.001), "self0": (0.001, 0.0), "ngram": (0.001, 0.0)}), 10,
+                       settings=DyTCSettings(k_max=3, max_depth=4, siblings=False, alternatives=alternatives))
+    tree = dytc.propose(torch.tensor([1, 2, 3, 9, 1, 2]), capacity_shape(64, 4), GREEDY, None)
+    tokens, parents, levels = tree.tokens.tolist(), tree.parents, tree.levels
+    assert tokens[:4] == [3, 9, 1, 2] and levels[:4] == ["ngram"] * 4 and parents[:4] == [-1, 0, 1, 2]
+    pairs = list(zip(parents, tokens))
+    assert len(set(pairs)) == len(pairs)  # no token twice below one node
+    beside = [node for node, parent in enumerate(parents) if parent == 0 and levels[node] == "self0"]
+    if alternatives:
+        assert [tokens[node] for node in beside] == [4]
+        assert model.calls[0] == [1, 2, 3, 9, 1, 2]  # drafted below the root
+    else:
+        assert beside == [] and len(tree) == 4 and model.calls == []
+
+
+@pytest.mark.parametrize("alternatives", [False, True])
+def test_dytc_greedy_equals_autoregressive(alternatives):
     decoder = SpeculativeDecoder(runtime_model(0, vocab=16, layers=3))
-    dytc = real_dytc(decoder, 16, "greedy")
+    dytc = real_dytc(decoder, 16, "greedy", alternatives)
     for prompt in ([1, 2, 3, 1, 2], [5, 5, 5, 5], [7, 3, 9, 1, 4, 7, 3]):
         expected = decoder.generate(prompt, None, GenerationConfig(40)).tokens
         result = decoder.generate(prompt, dytc, GenerationConfig(40, shape=capacity_shape(64, 16)))
@@ -278,12 +331,13 @@ def test_dytc_greedy_equals_autoregressive():
         assert set(result.stats.drafted) <= {"draft0", "self0", "ngram"}
 
 
-def test_dytc_sampling_is_lossless_end_to_end():
+@pytest.mark.parametrize("alternatives", [False, True])
+def test_dytc_sampling_is_lossless_end_to_end(alternatives):
     """Chi-square over the joint distribution of the first two sampled tokens (vocab of 8)."""
     target = runtime_model(0, vocab=8, layers=3)
     decoder = SpeculativeDecoder(target)
     sampling = SamplingParams(temperature=1.0, top_k=6)
-    dytc = real_dytc(decoder, 8, "t1")
+    dytc = real_dytc(decoder, 8, "t1", alternatives)
     prompt = [1, 5, 2, 7, 3]
     assert sampled_pair_pvalue(decoder, target, dytc, capacity_shape(64, 16), sampling, prompt, 2500) > 1e-3
     stats = decoder.generate(prompt, dytc, GenerationConfig(24, sampling=sampling, shape=capacity_shape(64, 16))).stats
