@@ -52,7 +52,8 @@ DYTC_SIZES = ((16, 2.0), (32, 4.0), (64, 6.0))  # (max_depth, budget_factor): ho
 
 def dytc_candidates(out: Path) -> list[dict]:
     """DyTC's tuned settings, as scheduler.json files under `out`: which levels it schedules (a level
-    that does not pay on this hardware only costs exploration) and how large its trees may grow."""
+    that does not pay on this hardware only costs exploration), how large its trees may grow, and,
+    with more than one level, whether a node may get another level's chain beside its first."""
     from drafttrain.bundle.scheduler import SchedulerSpec
     from drafttrain.scheduling.dytc import DyTCSettings
 
@@ -60,10 +61,12 @@ def dytc_candidates(out: Path) -> list[dict]:
     options = []
     for level_set in DYTC_LEVEL_SETS:
         for max_depth, budget_factor in DYTC_SIZES:
-            settings = DyTCSettings(max_depth=max_depth, budget_factor=budget_factor, levels=list(level_set))
-            path = out / f"{'-'.join(level_set) or 'all'}-d{max_depth}.json"
-            SchedulerSpec(dytc=settings).save(path)
-            options.append({"scheduler": str(path)})
+            for alternatives in (False, True) if len(level_set) != 1 else (False,):
+                settings = DyTCSettings(max_depth=max_depth, budget_factor=budget_factor, levels=list(level_set),
+                                        alternatives=alternatives)
+                path = out / f"{'-'.join(level_set) or 'all'}-d{max_depth}{'-alt' if alternatives else ''}.json"
+                SchedulerSpec(dytc=settings).save(path)
+                options.append({"scheduler": str(path)})
     return options
 
 
@@ -72,7 +75,8 @@ def described(option: dict) -> dict:
     if "scheduler" not in option:
         return option
     dytc = json.loads(Path(option["scheduler"]).read_text())["dytc"]
-    return {"levels": dytc["levels"] or "all", "max_depth": dytc["max_depth"], "budget_factor": dytc["budget_factor"]}
+    return {"levels": dytc["levels"] or "all", "max_depth": dytc["max_depth"], "budget_factor": dytc["budget_factor"],
+            "alternatives": dytc.get("alternatives", False)}
 
 
 def candidates(levels: list[dict], out: Path) -> dict[str, list[dict]]:
@@ -336,7 +340,8 @@ def section(reports: dict, tuned: dict, commands: list[str], curve: Path, minute
              f"({sampling['dytc_vs_best_decode']:.2f}x without the prefill).", "",
              *sampling_table, "",
              (f"Baseline and DyTC settings tuned on the calibration prompts in `{tune_file}` (greedy; DyTC's "
-              "candidates: which levels it schedules, and its trees' max_depth and budget_factor). Every candidate "
+              "candidates: which levels it schedules, its trees' max_depth and budget_factor, and whether a node may "
+              "get another level's chain beside its first). Every candidate "
               f"ran on {tune_prompts} prompts, each method's {FINALISTS} fastest on {tune_prompts} more; the "
               "speedup shown is the winner's over both rounds:"), "",
              *tuning_lines(tuned["greedy"]), "", "And at temperature 0.7:", "", *tuning_lines(tuned["t0.7"]), "",

@@ -118,7 +118,7 @@ def build_methods(context, base, out: Path) -> dict[str, object]:
         context.config = dataclasses.replace(base, scheduler=Path(option["scheduler"]))
         settings = described(option)
         label = f"dytc {settings['levels'] if settings['levels'] == 'all' else '+'.join(settings['levels'])} " \
-                f"d{settings['max_depth']}"
+                f"d{settings['max_depth']}{' alt' if settings['alternatives'] else ''}"
         runners[label] = METHODS["dytc"].build(context)
     context.config = base
     return runners

@@ -16,21 +16,23 @@ from drafttrain.bundle.scheduler import SchedulerSpec
 
 def test_dytc_candidates_are_loadable_scheduler_files_over_every_level_set_and_size(tmp_path):
     options = bench_schedule.dytc_candidates(tmp_path / "candidates")
-    assert len(options) == len(bench_schedule.DYTC_LEVEL_SETS) * len(bench_schedule.DYTC_SIZES)
-    seen = set()
+    seen = []
     for option in options:
         spec = SchedulerSpec.load(option["scheduler"])  # validated as `drafttrain eval --scheduler` reads it
         assert spec.name == "dytc"
-        seen.add((tuple(spec.dytc.levels), spec.dytc.max_depth, spec.dytc.budget_factor))
-    assert seen == {(tuple(levels), depth, factor) for levels in bench_schedule.DYTC_LEVEL_SETS
-                    for depth, factor in bench_schedule.DYTC_SIZES}
+        seen.append((tuple(spec.dytc.levels), spec.dytc.max_depth, spec.dytc.budget_factor, spec.dytc.alternatives))
+    # alternatives (another level's chain beside a node) are tried wherever there is another level
+    assert sorted(seen) == sorted((tuple(levels), depth, factor, alternatives)
+                                  for levels in bench_schedule.DYTC_LEVEL_SETS
+                                  for depth, factor in bench_schedule.DYTC_SIZES
+                                  for alternatives in ((False, True) if len(levels) != 1 else (False,)))
 
 
 def test_the_tuning_table_describes_a_scheduler_file_by_its_settings(tmp_path):
     option = bench_schedule.dytc_candidates(tmp_path)[0]
     described = bench_schedule.described(option)
     assert described == {"levels": "all", "max_depth": bench_schedule.DYTC_SIZES[0][0],
-                         "budget_factor": bench_schedule.DYTC_SIZES[0][1]}
+                         "budget_factor": bench_schedule.DYTC_SIZES[0][1], "alternatives": False}
     assert bench_schedule.described({"k_ngram": 8}) == {"k_ngram": 8}  # a baseline's settings as they are
     lines = bench_schedule.tuning_lines({"dytc": {"best": option, "best_speedup": 2.0, "tried": [{}, {}]}})
     assert lines[-1] == f"| dytc | `{json.dumps(described)}` | 2.00x | 2 |"
