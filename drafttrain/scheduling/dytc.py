@@ -243,8 +243,9 @@ class DyTCDrafter:
                 self._add_sibling(new_nodes[0], step, sampling, generator, frontier)
             tip = new_nodes[-1]
             heapq.heappush(frontier, (-step.cumulative[tip], tip))
-            if self.settings.alternatives and step.open_mass(node) > 0:
-                heapq.heappush(frontier, (-step.open_mass(node), node))  # for another level's chain beside
+            open_mass = step.open_mass(node) if self.settings.alternatives else 0.0
+            if open_mass > 0:
+                heapq.heappush(frontier, (-open_mass, node))  # for another level's chain beside
         nodes = len(step.builder)
         self.last_plan = StepPlan(nodes, step.gain, step.draft_seconds, self._verify_seconds(nodes, step),
                                   tuple(step.expansions))

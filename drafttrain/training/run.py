@@ -79,7 +79,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    """Whether this CPU runs bf16 matrix products at native speed: oneDNN's check (AVX512-BF16, AMX, or
+    AVX-512 cores, where oneDNN converts in registers), else the AVX512-BF16 / AMX flags."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     if check is not None:
         return bool(check())
