@@ -9,8 +9,14 @@ repeat so that their ratios come from one run:
 - bf16 weights (half the bytes to read) and the vocabulary head cut to 256 rows (an eighth of the
   head): whether the cold penalty is the weights' reading.
 
+Also timed after a target forward: the same call when the draft's weights were read first (untimed),
+which says how much of the penalty is reading them back into the cache.
+
 Then the target's forward of 1 and 16 tokens on one thread and on all of `--threads`: whether a
-small verify leaves a core idle. Replaces this script's section of docs/benchmarks.md.
+small verify leaves a core idle; and whether that core can be used (PEARL's overlap): the target's
+forward followed by a drafting call, against the same drafting call run on a second Python thread
+(one intra-op thread) during the target's forward, interleaved per repeat. Replaces this script's
+section of docs/benchmarks.md.
 
     python scripts/draft_cold_cost.py [--bundle outputs/pipeline-pycode/bundle] [--target DIR]
 """
@@ -21,6 +27,7 @@ import argparse
 import datetime
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,10 +75,27 @@ def variants(bundle: Path, level: str, target_tokenizer, vocab: int, profile: La
     return drafters
 
 
+def draft_weights(drafter: ModelDrafter) -> list[torch.Tensor]:
+    """The tensors a one-token drafting call reads in full: the blocks' weights (and any copies the
+    row-kernel plan made, except oneDNN-packed ones, which no tensor op reads), the norms and the head it
+    computes (the embedding is read one row at a time)."""
+    model = drafter.model
+    tensors = [param for name, param in model.named_parameters() if not name.startswith("embed.")]
+    tensors += [value for module in model.modules() for value in vars(module).values()
+                if isinstance(value, torch.Tensor) and value.layout == torch.strided]
+    if drafter.subset_head is not None:
+        tensors.append(drafter.subset_head)
+    elif model.lm_head.weight is model.embed.weight:
+        tensors.append(model.lm_head.weight)
+    return tensors
+
+
 def time_drafting(drafters: dict[str, ModelDrafter], target_forward, context: torch.Tensor, pending: int,
                   repeats: int) -> dict[str, dict[str, float]]:
-    """{variant: {"warm": seconds, "after target": seconds}}, every variant and condition in turn per repeat."""
-    samples = {name: {"warm": [], "after target": []} for name in drafters}
+    """{variant: {"warm", "after target", "after target, weights read": seconds}}, every variant and
+    condition in turn per repeat."""
+    samples = {name: {"warm": [], "after target": [], "weights read": []} for name in drafters}
+    weights = {name: draft_weights(drafter) for name, drafter in drafters.items()}
     shape, sampling = TreeShape.chain(1), SamplingParams()
     for drafter in drafters.values():
         drafter.propose(context, shape, sampling, None)  # fills its cache with the context
@@ -80,6 +104,10 @@ def time_drafting(drafters: dict[str, ModelDrafter], target_forward, context: to
             for condition, values in samples[name].items():
                 if condition == "after target":
                     target_forward()
+                elif condition == "weights read":
+                    target_forward()
+                    for tensor in weights[name]:
+                        tensor.sum()
                 else:  # warm: right after the same call
                     drafter.cached = len(context) - pending
                     drafter.propose(context, shape, sampling, None)
@@ -104,21 +132,93 @@ def time_target_threads(call, context: int, threads: int, repeats: int) -> dict[
     return {key: robust_average(values) for key, values in samples.items()}
 
 
-def section(args: argparse.Namespace, drafting: dict, threads: dict, seconds: float) -> str:
+class DraftThread:
+    """A second Python thread (one intra-op thread) that runs `work` each time it is started."""
+
+    def __init__(self, work) -> None:
+        self.work, self.start_event, self.done_event, self.closing = work, threading.Event(), threading.Event(), False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            while True:
+                self.start_event.wait()
+                self.start_event.clear()
+                if self.closing:
+                    return
+                self.work()
+                self.done_event.set()
+
+    def start(self) -> None:
+        self.start_event.set()
+
+    def join(self) -> None:
+        self.done_event.wait()
+        self.done_event.clear()
+
+    def close(self) -> None:
+        self.closing = True
+        self.start_event.set()
+        self.thread.join()
+
+
+def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: int, threads: int,
+                 repeats: int) -> dict[tuple[int, str], float]:
+    """{(target tokens, "sequential" | "overlapped"): seconds} of a target forward plus a one-token
+    drafting call, run one after the other or with the drafting call on a second thread during the
+    forward; conditions interleaved per repeat, after the second thread exists (so both see its
+    thread settings)."""
+    shape, sampling = TreeShape.chain(1), SamplingParams()
+    drafter.propose(context, shape, sampling, None)
+
+    def draft() -> None:
+        drafter.cached = len(context) - pending
+        drafter.propose(context, shape, sampling, None)
+
+    worker = DraftThread(draft)
+    torch.set_num_threads(threads)
+    samples = {(tokens, mode): [] for tokens in (1, 16) for mode in ("sequential", "overlapped")}
+    try:
+        for _ in range(repeats):
+            for (tokens, mode), values in samples.items():
+                started = time.perf_counter()
+                if mode == "sequential":
+                    call(tokens, len(context))
+                    draft()
+                else:
+                    worker.start()
+                    call(tokens, len(context))
+                    worker.join()
+                values.append(time.perf_counter() - started)
+    finally:
+        worker.close()
+    return {key: robust_average(values) for key, values in samples.items()}
+
+
+def section(args: argparse.Namespace, drafting: dict, threads: dict, overlap: dict, seconds: float) -> str:
     start, end = markers(SECTION)
     command = "python scripts/draft_cold_cost.py " + shlex.join(sys.argv[1:])
     lines = [start, "", f"Measured {datetime.date.today()} on {device_name('cpu', args.threads)} by `{command.strip()}` "
              f"({seconds / 60:.1f} min): {args.bundle}, level {args.level}, one `propose` of a one-token chain at a "
              f"{args.context}-token context with {args.pending} uncached token(s), {args.repeats} repeats "
              "(trimmed mean), every variant and condition interleaved.", "",
-             "| draft variant | warm ms | after a target forward ms | ratio |", "| --- | ---: | ---: | ---: |"]
+             "| draft variant | warm ms | after a target forward ms | ratio | after it, weights read first ms |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for name, by in drafting.items():
         lines.append(f"| {name} | {by['warm'] * 1e3:.3f} | {by['after target'] * 1e3:.3f} | "
-                     f"{by['after target'] / by['warm']:.2f}x |")
+                     f"{by['after target'] / by['warm']:.2f}x | {by['weights read'] * 1e3:.3f} |")
     lines += ["", f"The target's forward at a {args.context}-token context, thread counts interleaved:", "",
               f"| tokens | 1 thread ms | {args.threads} threads ms |", "| ---: | ---: | ---: |"]
     for tokens in (1, 16):
         lines.append(f"| {tokens} | {threads[tokens, 1] * 1e3:.3f} | {threads[tokens, args.threads] * 1e3:.3f} |")
+    lines += ["", f"A target forward plus a one-token drafting call ({args.level} plan), one after the other or with "
+              "the drafting call on a second Python thread during the forward (PEARL's overlap):", "",
+              "| target tokens | sequential ms | overlapped ms | overlapped / sequential |", "| ---: | ---: | ---: | ---: |"]
+    for tokens in (1, 16):
+        sequential, overlapped = overlap[tokens, "sequential"], overlap[tokens, "overlapped"]
+        lines.append(f"| {tokens} | {sequential * 1e3:.3f} | {overlapped * 1e3:.3f} | {overlapped / sequential:.2f}x |")
     return "\n".join(lines + ["", end])
 
 
@@ -136,7 +236,9 @@ def main() -> None:
     context = torch.randint(0, target.args.vocab_size, (args.context,), generator=torch.Generator().manual_seed(0))
     drafting = time_drafting(drafters, lambda: target_call(1, args.context), context, args.pending, args.repeats)
     threads = time_target_threads(target_call, args.context, args.threads, max(args.repeats // 2, 10))
-    text = section(args, drafting, threads, time.perf_counter() - started)
+    bundled = drafters[f"{args.level} plan (bundle)"]
+    overlap = time_overlap(target_call, bundled, context, args.pending, args.threads, max(args.repeats // 2, 10))
+    text = section(args, drafting, threads, overlap, time.perf_counter() - started)
     print(text)
     if not args.no_docs:
         replace_section(SECTION, HEADING, text)
