@@ -14,9 +14,10 @@ which says how much of the penalty is reading them back into the cache.
 
 Then the target's forward of 1 and 16 tokens on one thread and on all of `--threads`: whether a
 small verify leaves a core idle; and whether that core can be used (PEARL's overlap): the target's
-forward followed by a drafting call, against the same drafting call run on a second Python thread
-(one intra-op thread) during the target's forward, interleaved per repeat. Replaces this script's
-section of docs/benchmarks.md.
+forward followed by a drafting call on all of `--threads`, against the same drafting call run on a
+second Python thread during the target's forward, each thread with one intra-op thread (PyTorch's
+thread count is per process), interleaved per repeat. Replaces this script's section of
+docs/benchmarks.md.
 
     python scripts/draft_cold_cost.py [--bundle outputs/pipeline-pycode/bundle] [--target DIR]
 """
@@ -92,8 +93,8 @@ def draft_weights(drafter: ModelDrafter) -> list[torch.Tensor]:
 
 def time_drafting(drafters: dict[str, ModelDrafter], target_forward, context: torch.Tensor, pending: int,
                   repeats: int) -> dict[str, dict[str, float]]:
-    """{variant: {"warm", "after target", "after target, weights read": seconds}}, every variant and
-    condition in turn per repeat."""
+    """{variant: {"warm", "after target", "weights read": seconds}}, every variant and condition in turn
+    per repeat ("weights read": after a target forward, with the draft's weights read before the call)."""
     samples = {name: {"warm": [], "after target": [], "weights read": []} for name in drafters}
     weights = {name: draft_weights(drafter) for name, drafter in drafters.items()}
     shape, sampling = TreeShape.chain(1), SamplingParams()
@@ -133,7 +134,7 @@ def time_target_threads(call, context: int, threads: int, repeats: int) -> dict[
 
 
 class DraftThread:
-    """A second Python thread (one intra-op thread) that runs `work` each time it is started."""
+    """A second Python thread that runs `work` each time it is started."""
 
     def __init__(self, work) -> None:
         self.work, self.start_event, self.done_event, self.closing = work, threading.Event(), threading.Event(), False
@@ -141,7 +142,6 @@ class DraftThread:
         self.thread.start()
 
     def _loop(self) -> None:
-        torch.set_num_threads(1)
         with torch.inference_mode():
             while True:
                 self.start_event.wait()
@@ -167,9 +167,9 @@ class DraftThread:
 def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: int, threads: int,
                  repeats: int) -> dict[tuple[int, str], float]:
     """{(target tokens, "sequential" | "overlapped"): seconds} of a target forward plus a one-token
-    drafting call, run one after the other or with the drafting call on a second thread during the
-    forward; conditions interleaved per repeat, after the second thread exists (so both see its
-    thread settings)."""
+    drafting call, run one after the other on `threads` intra-op threads, or with the drafting call on
+    a second thread during the forward, one intra-op thread each (the count is per process, so one
+    core each); conditions interleaved per repeat."""
     shape, sampling = TreeShape.chain(1), SamplingParams()
     drafter.propose(context, shape, sampling, None)
 
@@ -178,11 +178,11 @@ def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: in
         drafter.propose(context, shape, sampling, None)
 
     worker = DraftThread(draft)
-    torch.set_num_threads(threads)
     samples = {(tokens, mode): [] for tokens in (1, 16) for mode in ("sequential", "overlapped")}
     try:
         for _ in range(repeats):
             for (tokens, mode), values in samples.items():
+                torch.set_num_threads(threads if mode == "sequential" else 1)
                 started = time.perf_counter()
                 if mode == "sequential":
                     call(tokens, len(context))
@@ -194,6 +194,7 @@ def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: in
                 values.append(time.perf_counter() - started)
     finally:
         worker.close()
+        torch.set_num_threads(threads)
     return {key: robust_average(values) for key, values in samples.items()}
 
 
@@ -213,8 +214,9 @@ def section(args: argparse.Namespace, drafting: dict, threads: dict, overlap: di
               f"| tokens | 1 thread ms | {args.threads} threads ms |", "| ---: | ---: | ---: |"]
     for tokens in (1, 16):
         lines.append(f"| {tokens} | {threads[tokens, 1] * 1e3:.3f} | {threads[tokens, args.threads] * 1e3:.3f} |")
-    lines += ["", f"A target forward plus a one-token drafting call ({args.level} plan), one after the other or with "
-              "the drafting call on a second Python thread during the forward (PEARL's overlap):", "",
+    lines += ["", f"A target forward plus a one-token drafting call ({args.level} plan), one after the other on "
+              f"{args.threads} threads, or with the drafting call on a second Python thread during the forward, one "
+              "intra-op thread each (PEARL's overlap):", "",
               "| target tokens | sequential ms | overlapped ms | overlapped / sequential |", "| ---: | ---: | ---: | ---: |"]
     for tokens in (1, 16):
         sequential, overlapped = overlap[tokens, "sequential"], overlap[tokens, "overlapped"]

@@ -69,15 +69,27 @@ def test_overlap_runs_the_drafting_call_on_a_second_thread_during_the_forward():
             threads_seen.append(threading.get_ident())
             time.sleep(0.003)
 
+    intra_op: list = []
+
     def call(tokens, context):
+        intra_op.append(torch.get_num_threads())
         time.sleep(0.003)
 
-    timed = draft_cold_cost.time_overlap(call, Drafter(), torch.zeros(8, dtype=torch.long), pending=1,
-                                         threads=torch.get_num_threads(), repeats=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        timed = draft_cold_cost.time_overlap(call, Drafter(), torch.zeros(8, dtype=torch.long), pending=1,
+                                             threads=2, repeats=4)
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
     assert set(timed) == {(1, "sequential"), (1, "overlapped"), (16, "sequential"), (16, "overlapped")}
     assert len(set(threads_seen)) == 2  # the sequential calls on this thread, the overlapped ones on the worker
     for tokens in (1, 16):  # sleeping releases the GIL, so the two sleeps overlap
         assert timed[tokens, "overlapped"] < 0.8 * timed[tokens, "sequential"]
+    # per repeat: (1, sequential), (1, overlapped), (16, sequential), (16, overlapped); the count is per process,
+    # so overlapping runs one intra-op thread on each Python thread
+    assert intra_op == [2, 1, 2, 1] * 4
 
 
 def test_section_reports_every_variant_and_both_thread_counts():
