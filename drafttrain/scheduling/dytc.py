@@ -399,7 +399,7 @@ class DyTCDrafter:
         parent, skip = expansion.node, 0
         if self.settings.alternatives and sampling.greedy:  # tokens the tree holds already are not verified twice
             parent, skip = builder.shared_prefix(expansion.node, draft.tokens.tolist())
-        probabilities = self._token_accept(expansion.level, draft, builder.depth(expansion.node), step)[skip:]
+        probabilities = self._token_accept(expansion.level, draft, builder.depth(expansion.node), step, skip)
         nodes = builder.graft(parent, draft, expansion.level, skip)
         for index, (node, probability) in enumerate(zip(nodes, probabilities)):
             above = builder.parents[node]
@@ -408,17 +408,17 @@ class DyTCDrafter:
             step.add_node(above, reach * probability)
         return nodes
 
-    def _token_accept(self, level: str, draft: DraftTree, depth: int, step: _Step) -> list[float]:
-        """Calibrated P(accept) of each token of a chain drafted below a node at `depth`, shifted by
-        the level's online estimate."""
+    def _token_accept(self, level: str, draft: DraftTree, depth: int, step: _Step, skip: int = 0) -> list[float]:
+        """Calibrated P(accept) of each token of a chain drafted below a node at `depth`, the first `skip`
+        left out, shifted by the level's online estimate."""
         accept = step.accept[level]
         predictor = self._mode_predictors.get(level)
         if predictor is None:
-            return [accept] * len(draft)
-        confidence = self._confidence(predictor.feature, draft)
+            return [accept] * (len(draft) - skip)
+        confidence = self._confidence(predictor.feature, draft)[skip:]
         shift = logit(accept) - logit(predictor.mean_acceptance)
         return [shifted_acceptance(predictor.predict_one(value, depth + offset), shift)
-                for offset, value in enumerate(confidence, start=1)]
+                for offset, value in enumerate(confidence, start=skip + 1)]
 
     @staticmethod
     def _confidence(feature: str, draft: DraftTree) -> list[float]:
