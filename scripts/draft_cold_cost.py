@@ -28,8 +28,8 @@ import argparse
 import datetime
 import shlex
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -133,37 +133,6 @@ def time_target_threads(call, context: int, threads: int, repeats: int) -> dict[
     return {key: robust_average(values) for key, values in samples.items()}
 
 
-class DraftThread:
-    """A second Python thread that runs `work` each time it is started."""
-
-    def __init__(self, work) -> None:
-        self.work, self.start_event, self.done_event, self.closing = work, threading.Event(), threading.Event(), False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        with torch.inference_mode():
-            while True:
-                self.start_event.wait()
-                self.start_event.clear()
-                if self.closing:
-                    return
-                self.work()
-                self.done_event.set()
-
-    def start(self) -> None:
-        self.start_event.set()
-
-    def join(self) -> None:
-        self.done_event.wait()
-        self.done_event.clear()
-
-    def close(self) -> None:
-        self.closing = True
-        self.start_event.set()
-        self.thread.join()
-
-
 def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: int, threads: int,
                  repeats: int) -> dict[tuple[int, str], float]:
     """{(target tokens, "sequential" | "overlapped"): seconds} of a target forward plus a one-token
@@ -177,23 +146,26 @@ def time_overlap(call, drafter: ModelDrafter, context: torch.Tensor, pending: in
         drafter.cached = len(context) - pending
         drafter.propose(context, shape, sampling, None)
 
-    worker = DraftThread(draft)
+    def draft_on_worker() -> None:
+        with torch.inference_mode():  # grad mode is per thread
+            draft()
+
     samples = {(tokens, mode): [] for tokens in (1, 16) for mode in ("sequential", "overlapped")}
     try:
-        for _ in range(repeats):
-            for (tokens, mode), values in samples.items():
-                torch.set_num_threads(threads if mode == "sequential" else 1)
-                started = time.perf_counter()
-                if mode == "sequential":
-                    call(tokens, len(context))
-                    draft()
-                else:
-                    worker.start()
-                    call(tokens, len(context))
-                    worker.join()
-                values.append(time.perf_counter() - started)
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            for _ in range(repeats):
+                for (tokens, mode), values in samples.items():
+                    torch.set_num_threads(threads if mode == "sequential" else 1)
+                    started = time.perf_counter()
+                    if mode == "sequential":
+                        call(tokens, len(context))
+                        draft()
+                    else:
+                        drafted = worker.submit(draft_on_worker)
+                        call(tokens, len(context))
+                        drafted.result()
+                    values.append(time.perf_counter() - started)
     finally:
-        worker.close()
         torch.set_num_threads(threads)
     return {key: robust_average(values) for key, values in samples.items()}
 
