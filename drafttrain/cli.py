@@ -121,6 +121,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return pipeline(load_config(PipelineConfig, QUICKSTART, overrides + list(args.overrides)))
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from drafttrain.runtime.gguf_import import import_gguf
+
+    out = import_gguf(args.file, args.out, args.dtype, overwrite=args.overwrite)
+    print(f"wrote {out} (a Hugging Face checkpoint directory: --target {out})")
+    return 0
+
+
 RECIPES = {"pipeline": "the whole pipeline as cached stages: pretrain (without a target), distill, search, "
                        "calibrate, export, eval",
            "pretrain": "pretrain a small Llama target from scratch on a corpus",
@@ -190,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("overrides", nargs="*", metavar="key=value", help="override any pipeline key, e.g. "
                        "pretrain.set={trainer.max_steps: 100}")
     quick.set_defaults(run=cmd_quickstart)
+    gguf = verbs.add_parser("import-gguf", help="turn a GGUF file (llama.cpp's format) into a checkpoint "
+                            "directory", description="Dequantize a GGUF file through transformers' GGUF support "
+                            "and write it as a Hugging Face checkpoint directory (config, safetensors, tokenizer) "
+                            "that every verb takes as --target. Needs the extra: pip install 'drafttrain[gguf]'.")
+    gguf.add_argument("file", type=Path, help="the .gguf file (Llama, Qwen2 or Mistral architecture)")
+    gguf.add_argument("--out", type=Path, required=True, help="the checkpoint directory to write")
+    gguf.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                      help="weight dtype of the checkpoint (default: float32)")
+    gguf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gguf.set_defaults(run=cmd_import_gguf)
     run = verbs.add_parser("run", help="run a training recipe: " + ", ".join(RECIPES),
                            description="Run a recipe from recipes/ with its YAML config and key=value overrides "
                            "(e.g. trainer.max_steps=100). An interrupted run resumes from its last checkpoint.")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime.model import ModelArgs, Transformer
@@ -106,9 +106,13 @@ def _weight_files(path: Path) -> list[Path]:
 def _hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                state[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    state[key] = handle.get_tensor(key)
+        except (SafetensorError, OSError) as err:
+            raise DrafttrainError(f"{file} is damaged (truncated or not a safetensors file: {err}); copy or "
+                                  "download it again, or re-save the model with save_pretrained") from err
     return state
 
 

@@ -187,3 +187,24 @@ def test_load_tokenizer_without_files(tmp_path):
         load_tokenizer(empty)
     message = str(err.value)
     assert "no_tokenizer" in message and "tokenizer.json" in message
+
+
+def test_truncated_weights_name_the_file(ckpt):
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DrafttrainError, match=r"model\.safetensors is damaged"):
+        load_model(ckpt)
+
+
+def test_truncated_weights_exit_2_from_the_cli(ckpt, tmp_path, capsys):
+    from drafttrain.cli import main
+
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "def f():"}) + "\n")
+    code = main(["eval", "--target", str(ckpt), "--prompts", str(prompts), "--methods", "ar",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "model.safetensors is damaged" in capsys.readouterr().err
