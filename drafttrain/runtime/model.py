@@ -19,6 +19,7 @@ from torch import nn
 from drafttrain.kernels.launch import kernels_enabled
 from drafttrain.kernels.tree_attention import tree_attention
 from drafttrain.runtime.cache import KVCache, causal_mask
+from drafttrain.runtime.cpu_quant import quant_linear, rounded_fp16, runs_quantized
 from drafttrain.runtime.row_kernels import (
     COPIES,
     ONEDNN_WEIGHT,
@@ -83,9 +84,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tensor:
     """The layer's projection called functionally (no module-call overhead on the decode path).
 
-    An int8-quantized view on CUDA runs W8A8 through the Triton int8 GEMM (`drafttrain.kernels`), with
-    the weight quantized per output channel once and kept on the layer; elsewhere the activations are
-    fake-quantized and the weight stays in floating point."""
+    An int8-quantized view runs W8A8 with the weight quantized per output channel once and kept on the
+    layer: on CUDA through the Triton int8 GEMM (`drafttrain.kernels`), on CPU through fbgemm
+    (`drafttrain.runtime.cpu_quant`), as does an fp16 (weight-only) view. Elsewhere, and for int4,
+    the activations are fake-quantized and the weight stays in floating point."""
     if quant == "int8" and kernels_enabled(x.device):
         from drafttrain.kernels.int8_linear import int8_linear, quantize_weight
 
@@ -93,6 +95,10 @@ def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tenso
         if quantized is None or quantized[0].device != x.device:
             quantized = layer.int8_weight = quantize_weight(layer.weight.detach())
         return int8_linear(x.reshape(-1, x.shape[-1]), *quantized, layer.bias).view(*x.shape[:-1], -1)
+    if runs_quantized(x, quant):
+        return quant_linear(x, layer, quant)
+    if quant == "fp16":  # no fbgemm here: the same rounding of the weights, without the saving
+        return F.linear(x, rounded_fp16(layer), layer.bias)
     return project(fake_quant(x, quant) if quant else x, layer)
 
 
@@ -309,7 +315,9 @@ class Transformer(nn.Module):
                 x = x + block.mlp.forward(normed, quant)
         if logits_rows is None:
             return None
-        weight = self.lm_head.weight if head is None else head
         selected = x if rows is not None else x[logits_rows]
+        if head is None and view is not None and view.head_quant is not None:
+            return _linear(rms_norm(selected, self.norm.weight, self.norm.eps), self.lm_head, view.head_quant).float()
+        weight = self.lm_head.weight if head is None else head
         kernel, packed = self._head_kernel(weight, selected.shape[0])
         return head_logits(rms_norm(selected, self.norm.weight, self.norm.eps), weight, kernel, packed).float()

@@ -35,6 +35,10 @@ def _drafters(decoder, tiny_draft, tokenizer, vocab):
         "self-full": SelfDrafter(decoder, SelfDraftView()),  # accepts everything
         "self-skip": SelfDrafter(decoder, SelfDraftView(skip_attn=frozenset({1}), skip_mlp=frozenset({0, 2}))),
         "self-quant": SelfDrafter(decoder, SelfDraftView(act_quant=((0, "int4"), (1, "int8")))),
+        "self-int8": SelfDrafter(decoder, SelfDraftView(act_quant=((0, "int8"), (1, "int8"), (2, "int8")),
+                                                         head_quant="int8")),
+        "self-fp16": SelfDrafter(decoder, SelfDraftView(skip_mlp=frozenset({1}), act_quant=((0, "fp16"), (2, "fp16")),
+                                                         head_quant="fp16")),
         "model": ModelDrafter.from_pretrained(tiny_draft, tokenizer, vocab),
         "ngram": NgramDrafter(bigram=BigramTable.fit([prompt], vocab)),
     }
@@ -125,6 +129,7 @@ def test_sampling_is_seeded_and_reproducible(target, tiny_draft):
 
 @pytest.mark.parametrize("kind,shape", [
     ("self", TreeShape.chain(3)),
+    ("self-int8", TreeShape((2, 1))),
     pytest.param("self", TreeShape((3, 2)), marks=pytest.mark.slow),
     pytest.param("model", TreeShape.chain(2), marks=pytest.mark.slow),
     ("model", TreeShape((2, 2))),
@@ -133,8 +138,9 @@ def test_speculative_sampling_is_lossless_end_to_end(kind, shape):
     """Chi-square over the joint distribution of the first two sampled tokens (vocab of 8)."""
     target = runtime_model(0, vocab=8, layers=3)
     decoder = SpeculativeDecoder(target)
-    drafter = (SelfDrafter(decoder, SelfDraftView(skip_attn=frozenset({1}), skip_mlp=frozenset({2})))
-               if kind == "self" else ModelDrafter(runtime_model(1, vocab=8), 8))
+    views = {"self": SelfDraftView(skip_attn=frozenset({1}), skip_mlp=frozenset({2})),
+             "self-int8": SelfDraftView(act_quant=((0, "int8"), (1, "int8"), (2, "fp16")), head_quant="int8")}
+    drafter = SelfDrafter(decoder, views[kind]) if kind in views else ModelDrafter(runtime_model(1, vocab=8), 8)
     sampling = SamplingParams(temperature=1.0, top_k=6)
     prompt = [1, 5, 2, 7, 3]
     assert sampled_pair_pvalue(decoder, target, drafter, shape, sampling, prompt, 3000) > 1e-3

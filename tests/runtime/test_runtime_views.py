@@ -84,7 +84,9 @@ def test_act_quant_view_is_close_but_not_exact(model):
     int4 = _run(model, SelfDraftView(act_quant=((0, "int4"), (1, "int4"), (2, "int4"))))
     err8 = (int8 - full).abs().max().item()
     err4 = (int4 - full).abs().max().item()
-    assert 0 < err8 < 0.1 * full.abs().max().item()
+    # on CPU int8 is fbgemm's W8A8 over all 10 rows at once (7-bit activations): coarser on this
+    # random model than per-token fake quantization, still well below the logits' scale
+    assert 0 < err8 < 0.3 * full.abs().max().item()
     assert err4 > err8
 
 
@@ -218,3 +220,32 @@ def test_check_layers_names_out_of_range_layers(model):
     assert "[-1, 7, 9]" in message
     assert "0..2" in message
     SelfDraftView(frozenset({0, 2}), frozenset({1}), ((2, "int4"),)).check_layers(3)  # in range: fine
+
+
+def test_head_quant_round_trips_and_is_checked():
+    view = SelfDraftView(act_quant=((1, "fp16"),), head_quant="int8")
+    data = view.to_json()
+    assert data["head_quant"] == "int8" and data["act_quant"] == {"1": "fp16"}
+    assert SelfDraftView.from_json(json.loads(json.dumps(data))) == view
+    assert "head_quant" not in SelfDraftView().to_json()  # older levels.json files read the same
+    with pytest.raises(DrafttrainError, match="head_quant is 'int4'"):
+        SelfDraftView(head_quant="int4")
+
+
+@pytest.mark.parametrize("head", ("int8", "fp16"))
+def test_reduced_precision_head_is_close_but_not_exact(model, head):
+    full = _run(model)
+    reduced = _run(model, SelfDraftView(head_quant=head))
+    error = (reduced - full).abs().max().item()
+    assert 0 < error < 0.05 * full.abs().max().item()
+    assert (reduced.argmax(-1) == full.argmax(-1)).float().mean() >= 0.9
+
+
+def test_fp16_view_without_fbgemm_rounds_the_weights_alike(model, monkeypatch):
+    import drafttrain.runtime.model as runtime_model
+
+    view = SelfDraftView(act_quant=tuple((i, "fp16") for i in range(model.args.num_layers)))
+    with_fbgemm = _run(model, view)
+    monkeypatch.setattr(runtime_model, "runs_quantized", lambda x, kind: False)
+    without = _run(model, view)
+    torch.testing.assert_close(with_fbgemm, without, atol=1e-4, rtol=1e-4)

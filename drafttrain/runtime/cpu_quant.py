@@ -1,0 +1,82 @@
+"""Reduced-precision linears for self-draft views on CPU: fbgemm's int8 (W8A8) and fp16 weight-only.
+
+A decode step of a real target on CPU is bound by memory bandwidth: SmolLM2-135M's 30 blocks read
+425 MB of float32 weights per token. A view whose weights are smaller reads less, but only a kernel
+that computes from the small weights directly saves time; PyTorch's generic weight-only ops
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) and bf16 `F.linear` on a CPU without native
+bf16 were measured slower than float32 at these shapes (scripts/bench_cpu_quant.py). fbgemm's
+prepacked linears were measured faster, so they are what the views run:
+
+- `int8`: `quantized.linear_dynamic`, weights quantized per output channel (symmetric int8), the
+  activations quantized per call by fbgemm (asymmetric, over the call's rows, to 7 bits:
+  `reduce_range`, without which fbgemm's int16 pair sums saturate and the product is off by far
+  more than the rounding). The view's output differs from the target's (a draft: verification
+  keeps decoding exact).
+- `fp16`: `quantized.linear_dynamic_fp16`, weights stored in float16, activations in float32.
+
+Each packed copy lives on its `nn.Linear` (attribute `QUANT_COPY[kind]`), made once by `prepare`.
+On CUDA these are not used (the int8 view runs the Triton W8A8 GEMM of `drafttrain.kernels`).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+CPU_WEIGHT_KINDS = ("int8", "fp16")
+QUANT_COPY = {"int8": "fbgemm_int8_weight", "fp16": "fbgemm_fp16_weight"}
+
+
+@functools.cache
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has fbgemm's quantized linears (x86 builds do)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
+    """fbgemm's packed form of a float32 [out, in] weight (and bias) for `kind`."""
+    weight = weight.detach().float().contiguous()
+    bias = None if bias is None else bias.detach().float()
+    if kind == "fp16":
+        return torch.ops.quantized.linear_prepack_fp16(weight, bias)
+    if kind != "int8":
+        raise ValueError(f"unknown CPU weight kind {kind!r}: use one of {CPU_WEIGHT_KINDS}")
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm's packing still takes them
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(quantized, bias)
+
+
+def packed_linear(x: torch.Tensor, packed, kind: str) -> torch.Tensor:
+    """x [rows, in] float32 times a packed weight: [rows, out] float32."""
+    if kind == "int8":
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)
+    return torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), packed)
+
+
+def quant_linear(x: torch.Tensor, layer: nn.Linear, kind: str) -> torch.Tensor:
+    """`layer(x)` through its packed `kind` copy (made here on first use)."""
+    packed = layer.__dict__.get(QUANT_COPY[kind])
+    if packed is None:
+        packed = layer.__dict__[QUANT_COPY[kind]] = pack_weight(layer.weight, layer.bias, kind)
+    return packed_linear(x, packed, kind)
+
+
+def runs_quantized(x: torch.Tensor, kind: str | None) -> bool:
+    """Whether a CPU view computes `kind` through fbgemm here (float32 activations on CPU)."""
+    return (kind in CPU_WEIGHT_KINDS and x.device.type == "cpu" and x.dtype == torch.float32
+            and fbgemm_available())
+
+
+def rounded_fp16(layer: nn.Linear) -> torch.Tensor:
+    """The layer's weight rounded to float16 and back (kept on the layer): what an fp16 view computes
+    with where fbgemm does not run."""
+    rounded = layer.__dict__.get("fp16_rounded_weight")
+    if rounded is None or rounded.device != layer.weight.device:
+        rounded = layer.__dict__["fp16_rounded_weight"] = layer.weight.detach().half().to(layer.weight.dtype)
+    return rounded
