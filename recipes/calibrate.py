@@ -81,10 +81,10 @@ def cascade_spec(config: CalibrateConfig) -> CascadeSpec:
     return CascadeSpec(list(config.drafts), views, config.ngram, config.ngram_table)
 
 
-def check_not_eval_prompts(config: CalibrateConfig, texts: list[str]) -> None:
+def check_not_eval_prompts(config: CalibrateConfig, texts: list[str], tokenizer) -> None:
     if config.eval_prompts is None:
         return
-    shared = set(texts) & {prompt.text for prompt in load_prompts(config.eval_prompts)}
+    shared = set(texts) & {prompt.text for prompt in load_prompts(config.eval_prompts, tokenizer=tokenizer)}
     if shared:
         raise DrafttrainError(f"{len(shared)} calibration prompt(s) in {config.prompts} also appear in the "
                               f"evaluation prompts {config.eval_prompts}: calibrate on other text (e.g. the "
@@ -244,13 +244,13 @@ def calibrate(config: CalibrateConfig) -> dict:
     started = time.perf_counter()
 
     # ---- inputs: prompts, target, levels
-    prompts = load_prompts(config.prompts, config.num_prompts)
-    check_not_eval_prompts(config, [prompt.text for prompt in prompts])
     dtype, device = DTYPES[config.dtype], torch.device(config.device)
     tokenizer = load_tokenizer(config.target)
+    prompts = load_prompts(config.prompts, config.num_prompts, tokenizer)
+    check_not_eval_prompts(config, [prompt.text for prompt in prompts], tokenizer)
     target = load_model(config.target, dtype, device)
     decoder = SpeculativeDecoder(target, tokenizer)
-    prompt_ids = [tokenizer(prompt.text).input_ids for prompt in prompts]
+    prompt_ids = [prompt.token_ids(tokenizer) for prompt in prompts]
     for ids in prompt_ids:
         decoder.check_length(len(ids), config.max_new_tokens)
     spec = cascade_spec(config)

@@ -74,7 +74,7 @@ def write_prompt_sets(config: PipelineConfig, target: Path, directory: Path) -> 
     if config.eval_prompts is not None:
         shutil.copyfile(config.eval_prompts, directory / "eval.jsonl")
         if settings.calibration_text == "held_out":
-            cut = (prompt.text for prompt in load_prompts(config.eval_prompts))
+            cut = (prompt.text for prompt in load_prompts(config.eval_prompts, tokenizer=tokenizer))
             calibration_source = documents_without(held_out, cut)
     else:
         if settings.calibration_text == "held_out":

@@ -100,7 +100,8 @@ def main() -> int:
     bundle, config = open_bundle(config)
     context = EvalContext(config, bundle)
     runners = build(context, config, options.subset_draft)
-    ids = [context.tokenizer(p.text).input_ids for p in load_prompts(options.prompts, options.num_prompts)]
+    ids = [p.token_ids(context.tokenizer)
+           for p in load_prompts(options.prompts, options.num_prompts, context.tokenizer)]
     lines = table(measure(runners, ids, config.seed))
     subset = load_vocab_subset(options.subset_draft, 1 << 30)
     start, end = markers("bench_draft_vocab")

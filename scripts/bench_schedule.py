@@ -155,7 +155,7 @@ def tune(base: dict, temperature: float, prompts: Path, num_prompts: int, levels
             context.config = dataclasses.replace(config, **option)
             runners[(name, json.dumps(option))] = METHODS[name].build(context)
     context.config = config
-    ids = [context.tokenizer(p.text).input_ids for p in load_prompts(prompts, 2 * num_prompts)]
+    ids = [p.token_ids(context.tokenizer) for p in load_prompts(prompts, 2 * num_prompts, context.tokenizer)]
     first, second = ids[:num_prompts], ids[num_prompts:]
     for runner in runners.values():
         runner.run(ids[0], 0)  # warm-up

@@ -79,8 +79,8 @@ def main() -> int:
     drafts = {str(path): (load_model(path), load_vocab_subset(path, vocab)) for path in options.drafts}
     results: dict[str, dict[int, list[int]]] = {name: {} for name in drafts}
     with torch.inference_mode():
-        for prompt in load_prompts(options.prompts, options.num_prompts):
-            ids = tokenizer(prompt.text).input_ids
+        for prompt in load_prompts(options.prompts, options.num_prompts, tokenizer):
+            ids = prompt.token_ids(tokenizer)
             for length in (n for n in lengths if n <= len(ids)):
                 head = ids[:length]
                 generated = decoder.generate(head, None, GenerationConfig(options.new_tokens)).tokens

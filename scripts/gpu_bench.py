@@ -140,7 +140,7 @@ def prompt_lengths(target: Path, prompts: Path, count: int) -> list[int]:
     from drafttrain.runtime import load_tokenizer
 
     tokenizer = load_tokenizer(target)
-    return [len(tokenizer(prompt.text).input_ids) for prompt in load_prompts(prompts, count)]
+    return [len(prompt.token_ids(tokenizer)) for prompt in load_prompts(prompts, count, tokenizer)]
 
 
 def roofline(summary: dict, report: dict, bytes_per_value: int, bandwidth: float) -> dict:

@@ -58,8 +58,8 @@ def record_outputs(target: Path, prompts: Path, num_prompts: int, max_new_tokens
     decoder = SpeculativeDecoder(load_model(target), tokenizer)
     config = GenerationConfig(max_new_tokens, eos_token_ids=eos_token_ids(target, tokenizer))
     sequences = []
-    for prompt in load_prompts(prompts, num_prompts):
-        ids = tokenizer(prompt.text).input_ids
+    for prompt in load_prompts(prompts, num_prompts, tokenizer):
+        ids = prompt.token_ids(tokenizer)
         sequences.append((len(ids), list(ids) + list(decoder.generate(ids, None, config).tokens)))
     return sequences
 

@@ -225,7 +225,8 @@ def main() -> int:
     context = EvalContext(config, bundle)
     pricing = Pricing(load_latency(context))
     runners = build_methods(context, config, options.out / "dytc-candidates")
-    ids = [context.tokenizer(prompt.text).input_ids for prompt in load_prompts(options.prompts, options.num_prompts)]
+    ids = [prompt.token_ids(context.tokenizer)
+           for prompt in load_prompts(options.prompts, options.num_prompts, context.tokenizer)]
     totals = replay(runners, ids, pricing, config.seed)
     lines = table(totals)
     context_length = int(np.median([len(prompt) for prompt in ids])) + options.max_new_tokens // 2

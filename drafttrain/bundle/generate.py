@@ -47,7 +47,7 @@ class TextStream:
 def generate(config: GenerateConfig, out: TextIO | None = None, err: TextIO | None = None) -> list[dict]:
     """Generate for every prompt of `config`, streaming to `out` (stdout; stats to `err`, stderr);
     returns one record per prompt."""
-    from drafttrain.evaluation.prompts import load_prompts
+    from drafttrain.evaluation.prompts import Prompt, load_prompts
     from drafttrain.runtime import load_model, load_tokenizer
     from drafttrain.runtime.loader import eos_token_ids
 
@@ -63,17 +63,18 @@ def generate(config: GenerateConfig, out: TextIO | None = None, err: TextIO | No
     tokenizer = load_tokenizer(config.target)
     decoder = SpeculativeDecoder(load_model(config.target, dtype, device), tokenizer)
     scheduler = bundle.build_scheduler(decoder, dtype, device)
-    prompts = [("prompt", config.prompt)] if config.prompt is not None else \
-        [(prompt.id, prompt.text) for prompt in load_prompts(config.prompts)]
+    prompts = [Prompt("prompt", config.prompt)] if config.prompt is not None else \
+        load_prompts(config.prompts, tokenizer=tokenizer)
     sampling = SamplingParams(config.temperature, config.top_k, config.top_p)
     records = []
-    for index, (prompt_id, text) in enumerate(prompts):
+    for index, prompt in enumerate(prompts):
+        prompt_id, text = prompt.id, prompt.text
         generation = GenerationConfig(config.max_new_tokens, sampling, scheduler.shape,
                                       eos_token_ids(config.target, tokenizer), seed=config.seed + index)
         if config.prompts is not None:
             out.write(f"==> {prompt_id} <==\n")
         stream = TextStream(tokenizer, out)
-        result = decoder.generate(tokenizer(text).input_ids, scheduler.drafter, generation, on_tokens=stream)
+        result = decoder.generate(prompt.token_ids(tokenizer), scheduler.drafter, generation, on_tokens=stream)
         records.append({"id": prompt_id, "prompt": text, "completion": stream.finish(), "tokens": result.tokens})
         if config.stats:
             stats = result.stats

@@ -74,8 +74,8 @@ def run_methods(config: EvalConfig, progress: bool = True) -> tuple[EvalContext,
         torch.set_num_threads(config.threads)
     bundle, config = open_bundle(config)
     context = EvalContext(config, bundle)
-    prompts = load_prompts(config.prompts, config.num_prompts)
-    prompt_ids = [context.tokenizer(p.text).input_ids for p in prompts]
+    prompts = load_prompts(config.prompts, config.num_prompts, context.tokenizer)
+    prompt_ids = [p.token_ids(context.tokenizer) for p in prompts]
     for ids in prompt_ids:
         context.decoder.check_length(len(ids), config.max_new_tokens)
     methods: dict[str, Method] = {}

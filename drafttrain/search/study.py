@@ -211,8 +211,8 @@ def build_objective(config: SearchConfig) -> SearchObjective:
     model = load_model(config.target, dtypes[config.dtype], config.device)
     tokenizer = load_tokenizer(config.target)
     eos = eos_token_ids(config.target, tokenizer)
-    prompts = load_prompts(config.prompts, config.num_prompts)
-    prompt_ids = [tokenizer(p.text).input_ids for p in prompts]
+    prompts = load_prompts(config.prompts, config.num_prompts, tokenizer)
+    prompt_ids = [p.token_ids(tokenizer) for p in prompts]
     space = space_for(config, model.args.num_layers)
     if config.objective == "measured":
         return MeasuredObjective(model, prompt_ids, space, k=config.k, max_new_tokens=config.max_new_tokens,
