@@ -69,6 +69,9 @@ class EvalConfig:
                                 "(inductor; eager only traces); compiling is reported apart, as setup_seconds",
                                 default=None)
     threads: int = _help("CPU threads for torch (0: torch's default)", default=0)
+    tune_row_kernels: int = _help("without a latency profile: before the run, time the target's forwards of 1..N "
+                                  "rows under each row kernel and keep the fastest (CPU; 0: the default kernel)",
+                                  default=0)
     warmup: bool = _help("run every method once on the first prompt before measuring", default=True)
     wandb: Literal["offline", "online", "disabled"] = _help("wandb logging of the report", default="offline")
 
@@ -97,6 +100,9 @@ class EvalConfig:
                                   "device=cuda, or use verify=eager or verify=static")
         if any(not 0.0 <= alpha <= 1.0 for alpha in self.alphas) or not self.alphas:
             raise DrafttrainError(f"alphas={self.alphas} is invalid: give one or more values in [0, 1]")
+        if self.tune_row_kernels < 0:
+            raise DrafttrainError(f"tune_row_kernels={self.tune_row_kernels} is invalid: give 0 (off) or the "
+                                  "largest row count to tune, e.g. 16")
         for name in ("max_new_tokens", "k_draft", "k_self", "k_ngram", "pld_tokens", "k_heuristic",
                      "tree_nodes", "tree_depth", "k_cascade"):
             if getattr(self, name) <= 0:

@@ -57,6 +57,9 @@ def method(name: str, about: str, needs: tuple[str, ...] = (), engine: bool = Tr
     return register
 
 
+TUNING_CONTEXT = 256  # cached tokens the row kernels are timed after (`tune_row_kernels`)
+
+
 class EvalContext:
     """What the methods share: the config, the target (ours and transformers'), the tokenizer, and
     the verified bundle when the run evaluates one (`--bundle`)."""
@@ -72,8 +75,15 @@ class EvalContext:
 
     @cached_property
     def target(self):
-        """Our target, with the row kernels its latency was timed with (every method shares it)."""
-        return self.with_row_kernels(TARGET_LEVEL, load_model(self.config.target, self.dtype, self.device))
+        """Our target, with the row kernels its latency was timed with, or those `tune_row_kernels`
+        measured fastest here (every method shares it)."""
+        model = self.with_row_kernels(TARGET_LEVEL, load_model(self.config.target, self.dtype, self.device))
+        if self.latency is None and self.config.tune_row_kernels:
+            from drafttrain.calibration.latency import model_forward_call, tune_row_kernels
+
+            tune_row_kernels(model, model_forward_call(model), range(1, self.config.tune_row_kernels + 1),
+                             TUNING_CONTEXT)
+        return model
 
     @cached_property
     def latency(self):

@@ -120,3 +120,19 @@ def test_list_methods_names_every_method(capsys):
     assert main(["eval", "--list-methods"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     assert listed == set(METHODS)
+
+
+def test_tune_row_kernels_times_the_target_before_the_run(tmp_path, tiny_target, prompts, monkeypatch):
+    import drafttrain.calibration.latency as latency
+
+    tuned = []
+    real = latency.tune_row_kernels
+
+    def spy(model, call, counts, context, **kwargs):
+        tuned.append(list(counts))
+        return real(model, call, counts, context, repeats=1, warmup=0)
+
+    monkeypatch.setattr(latency, "tune_row_kernels", spy)
+    code, report = _eval(tmp_path, tiny_target, prompts, "--methods", "ar,sd-ngram", "--tune-row-kernels", "3")
+    assert code == 0 and tuned == [[1, 2, 3]]
+    assert report["methods"]["sd-ngram"]["lossless"] is True
