@@ -13,21 +13,16 @@ from reports already under --out.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
-from benchdoc import DOC, markers, replace_section
+from benchdoc import DOC, eval_runs_section, replace_section
 
 from drafttrain.cli import main as drafttrain_main
-from drafttrain.evaluation.report import report_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("../shared/reference")  # relative to REPO, where the script runs
-START, END = markers("bench_reference")
 SELF_SPEC = '{"skip_mlp": [1, 3, 5, 7, 9], "skip_attn": [2, 4, 6, 8, 10]}'
 
 
@@ -36,17 +31,6 @@ def eval_args(out: Path, num_prompts: int, temperature: float) -> list[str]:
             "--methods", "ar,hf,hf-pld,sd-ngram,sd-self", "--self-spec", SELF_SPEC, "--k-self", "2",
             "--max-new-tokens", "128", "--temperature", str(temperature), "--out", str(out)]
     return args + (["--num-prompts", str(num_prompts)] if num_prompts else [])
-
-
-def section(runs: list[tuple[list[str], Path]]) -> str:
-    lines = [START, f"Measured {datetime.date.today().isoformat()} by `python scripts/bench_reference.py` "
-             "(run from the repository root).", ""]
-    for args, out in runs:
-        report = json.loads((out / "report.json").read_text())
-        table = report_markdown(report).split("| method", 1)[1]
-        lines += ["```", f"drafttrain {shlex.join(args)}", "```", "", f"device: {report['device']}; "
-                  f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table]
-    return "\n".join(lines + [END])
 
 
 def main() -> int:
@@ -63,7 +47,8 @@ def main() -> int:
         if not options.doc_only and drafttrain_main(args) != 0:
             return 1
         runs.append((args, out))
-    replace_section("bench_reference", "Reference target on CPU (issue 2)", section(runs))
+    replace_section("bench_reference", "Reference target on CPU (issue 2)",
+                    eval_runs_section("bench_reference", "scripts/bench_reference.py", runs))
     print(f"updated {DOC}")
     return 0
 

@@ -21,3 +21,22 @@ def replace_section(name: str, heading: str, text: str) -> None:
     else:
         current = current.rstrip() + f"\n\n## {heading}\n\n" + text + "\n"
     DOC.write_text(current)
+
+
+def eval_runs_section(name: str, script: str, runs: list[tuple[list[str], Path]]) -> str:
+    """A section of `drafttrain eval` runs: for each (args, out) the command, then its report's table."""
+    import datetime
+    import json
+    import shlex
+
+    from drafttrain.evaluation.report import report_markdown
+
+    start, end = markers(name)
+    lines = [start, f"Measured {datetime.date.today().isoformat()} by `python {script}` (run from the repository "
+             "root).", ""]
+    for args, out in runs:
+        report = json.loads((out / "report.json").read_text())
+        table = report_markdown(report).split("| method", 1)[1]
+        lines += ["```", f"drafttrain {shlex.join(args)}", "```", "", f"device: {report['device']}; "
+                  f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table]
+    return "\n".join(lines + [end])
