@@ -7,8 +7,8 @@ that computes from the small weights directly saves time; PyTorch's generic weig
 bf16 were measured slower than float32 at these shapes (scripts/bench_cpu_quant.py). fbgemm's
 prepacked linears were measured faster, so they are what the views run:
 
-- `int8`: `quantized.linear_dynamic`, weights quantized per output channel (symmetric int8), the
-  activations quantized per call by fbgemm (asymmetric, over the call's rows, to 7 bits:
+- `int8`: `quantized.linear_dynamic`, weights quantized per output channel (symmetric int8), each
+  row's activations quantized by fbgemm (asymmetric, to 7 bits:
   `reduce_range`, without which fbgemm's int16 pair sums saturate and the product is off by far
   more than the rounding). The view's output differs from the target's (a draft: verification
   keeps decoding exact).
@@ -24,6 +24,7 @@ import functools
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CPU_WEIGHT_KINDS = ("int8", "fp16")
@@ -53,18 +54,47 @@ def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
 
 
 def packed_linear(x: torch.Tensor, packed, kind: str) -> torch.Tensor:
-    """x [rows, in] float32 times a packed weight: [rows, out] float32."""
+    """x [rows, in] float32 times a packed weight: [rows, out] float32 (int8: activations quantized
+    over all the rows at once)."""
     if kind == "int8":
         return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)
     return torch.ops.quantized.linear_dynamic_fp16(x.contiguous(), packed)
 
 
 def quant_linear(x: torch.Tensor, layer: nn.Linear, kind: str) -> torch.Tensor:
-    """`layer(x)` through its packed `kind` copy (made here on first use)."""
+    """`layer(x)` through its packed `kind` copy (made here on first use).
+
+    int8 quantizes each row's activations on its own, so a token's draft distribution does not depend
+    on how many tokens share its call: one call per row up to `ROW_LOOP_LIMIT` rows (decoding's
+    drafting calls, a tree level), beyond that (teacher-forced scoring in the search) the same
+    numbers computed in float32 from the int8 weight (`int8_rows_reference`)."""
     packed = layer.__dict__.get(QUANT_COPY[kind])
     if packed is None:
         packed = layer.__dict__[QUANT_COPY[kind]] = pack_weight(layer.weight, layer.bias, kind)
-    return packed_linear(x, packed, kind)
+    rows = x.shape[0]
+    if kind != "int8" or rows == 1:
+        return packed_linear(x, packed, kind)
+    if rows <= ROW_LOOP_LIMIT:
+        return torch.cat([packed_linear(x[row:row + 1], packed, kind) for row in range(rows)])
+    return int8_rows_reference(x, layer)
+
+
+ROW_LOOP_LIMIT = 8
+
+
+def int8_rows_reference(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """fbgemm's int8 product with each row's activations quantized on its own, in float32: 7-bit
+    asymmetric activations over [min(row, 0), max(row, 0)] times the per-channel int8 weight."""
+    dequantized = layer.__dict__.get("int8_dequantized_weight")
+    if dequantized is None:
+        weight = layer.weight.detach().float()
+        scale = (weight.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
+        dequantized = layer.__dict__["int8_dequantized_weight"] = (weight / scale).round().clamp(-127, 127) * scale
+    low, high = x.amin(dim=1, keepdim=True).clamp(max=0), x.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = ((high - low) / 127.0).clamp(min=1e-12)
+    zero = (-low / scale).round()
+    activations = ((x / scale).round() + zero).clamp(0, 127).sub(zero) * scale
+    return F.linear(activations, dequantized, layer.bias)
 
 
 def runs_quantized(x: torch.Tensor, kind: str | None) -> bool:

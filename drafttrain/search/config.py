@@ -39,7 +39,12 @@ class SearchConfig:
     seed: int = _help("sampler seed (each worker process adds its index)", default=0)
     keep_first_last: bool = _help("never skip sublayers of the first and last layer", default=True)
     quant_groups: int = _help("0: no quantization; else split layers into this many contiguous groups, "
-                              "each choosing none/int8/int4 activation quantization", default=0)
+                              "each choosing a precision of quant_choices", default=0)
+    quant_choices: list[str] = _help("precisions a layer group may take: none, int8 (W8A8), int4 (fake "
+                                     "activation quantization), fp16 (weight-only)",
+                                     default_factory=lambda: ["none", "int8", "int4", "fp16"])
+    head_choices: list[str] = _help("precisions the LM head may take (e.g. none,int8,fp16); empty: the "
+                                    "target's own", default_factory=list)
     max_cost_fraction: float | None = _help("prune views whose static cost estimate (fraction of the "
                                             "target's weights computed) exceeds this", default=None)
     k: int = _help("draft length (chain) used by the objectives", default=3)

@@ -136,7 +136,8 @@ def space_for(config: SearchConfig, num_layers: int | None = None) -> SearchSpac
 
         config.require_inputs()
         num_layers = read_model_args(config.target).num_layers
-    return SearchSpace(num_layers, config.keep_first_last, config.quant_groups)
+    return SearchSpace(num_layers, config.keep_first_last, config.quant_groups, tuple(config.quant_choices),
+                       tuple(config.head_choices))
 
 
 def open_study(config: SearchConfig, *, space: SearchSpace | None = None, worker: int = 0,
@@ -163,13 +164,16 @@ def open_study(config: SearchConfig, *, space: SearchSpace | None = None, worker
                                 load_if_exists=True)
     settings = {"objective": config.objective, "num_layers": space.num_layers,
                 "keep_first_last": space.keep_first_last, "quant_groups": space.quant_groups, "k": config.k}
+    settings["head_choices"] = list(space.head_choices)  # the parameters' choices: a resumed study keeps them
+    if space.quant_groups:
+        settings["quant_choices"] = list(space.quant_choices)
     if new:
         for key, value in settings.items():
             study.set_user_attr(key, value)
         if enqueue_baselines:
             enqueue_baseline_trials(study, space, config.baseline_ratios)
     else:
-        stored = {key: study.user_attrs.get(key, value) for key, value in settings.items()}
+        stored = {key: study.user_attrs.get(key, LEGACY_SETTINGS.get(key, value)) for key, value in settings.items()}
         if [d.name.lower() for d in study.directions] != directions and "objective" not in study.user_attrs:
             stored["objective"] = f"a {len(study.directions)}-objective study"
         changed = {key: (stored[key], value) for key, value in settings.items() if stored[key] != value}
@@ -181,10 +185,17 @@ def open_study(config: SearchConfig, *, space: SearchSpace | None = None, worker
     return study
 
 
+# what a study created before a setting was recorded was searched with
+LEGACY_SETTINGS = {"quant_choices": ["none", "int8", "int4"], "head_choices": []}
+
+
 def enqueue_baseline_trials(study: optuna.Study, space: SearchSpace, ratios: Sequence[float]) -> int:
-    """Enqueue the full target (no skip) and `evenly_spread` at each ratio, without duplicates."""
+    """Enqueue the full target (no skip), `evenly_spread` at each ratio and, where the space has int8,
+    every layer and the head in int8 (`reduced_precision`), without duplicates."""
     seen: list[dict] = []
     views = [("none", SelfDraftView())] + [(f"evenly_spread:{r}", space.evenly_spread(r)) for r in ratios]
+    if space.reduced_precision("int8") is not None:
+        views.append(("int8", space.reduced_precision("int8")))
     for label, view in views:
         params = space.encode(view)
         if params in seen:

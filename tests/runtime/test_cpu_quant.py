@@ -53,3 +53,14 @@ def test_quant_linear_packs_once_and_keeps_the_copy():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="int3"):
         pack_weight(torch.zeros(2, 2), None, "int3")
+
+
+@pytest.mark.parametrize("rows", (3, 20))
+def test_int8_rows_are_quantized_each_on_its_own(rows):
+    """A row's output is the same whether it is computed alone or beside others (the per-row loop up
+    to ROW_LOOP_LIMIT rows, the float32 reference beyond)."""
+    layer = _layer()
+    x = torch.randn(rows, 64) * torch.linspace(0.1, 5.0, rows)[:, None]  # rows of very different ranges
+    together = quant_linear(x, layer, "int8")
+    alone = torch.cat([quant_linear(x[row:row + 1], layer, "int8") for row in range(rows)])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)

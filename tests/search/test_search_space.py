@@ -42,7 +42,7 @@ def test_parameter_names():
     space = SearchSpace(4, keep_first_last=True, quant_groups=2)
     assert space.param_names == ["attn_1", "mlp_1", "attn_2", "mlp_2", "quant_0", "quant_1"]
     assert space.groups == ((0, 1), (2, 3))
-    assert space.size == 2 ** 4 * 3 ** 2
+    assert space.size == 2 ** 4 * 4 ** 2  # none, int8, int4, fp16 per group
 
 
 def test_views_outside_the_space_are_refused():
@@ -104,7 +104,31 @@ def test_cost_fraction_counts_weights():
     one_mlp = cost_fraction(SelfDraftView(skip_mlp=frozenset({1})), args)
     one_attn = cost_fraction(SelfDraftView(skip_attn=frozenset({1})), args)
     assert one_mlp < one_attn < 1.0  # the MLP holds more weights than attention here
-    assert cost_fraction(SelfDraftView(act_quant=((0, "int8"),)), args) == 1.0
+    full = 4 * (attn + mlp) + head
+    assert cost_fraction(SelfDraftView(act_quant=((0, "int4"),)), args) == 1.0  # fake: reads every weight
+    assert cost_fraction(SelfDraftView(act_quant=((0, "int8"),)), args) == pytest.approx(1 - 0.75 * (attn + mlp) / full)
+    assert cost_fraction(SelfDraftView(act_quant=((0, "fp16"),), head_quant="int8"), args) == pytest.approx(
+        1 - 0.5 * (attn + mlp) / full - 0.75 * head / full)
+    # a skipped sublayer reads nothing, whatever its precision
+    assert cost_fraction(SelfDraftView(skip_mlp=frozenset({0}), act_quant=((0, "int8"),)), args) == pytest.approx(
+        1 - (0.75 * attn + mlp) / full)
+
+
+def test_head_choice_round_trips_and_is_checked():
+    space = SearchSpace(4, keep_first_last=True, quant_groups=2, quant_choices=("none", "int8"),
+                        head_choices=("none", "int8", "fp16"))
+    assert space.param_names[-3:] == ["quant_0", "quant_1", "head"]
+    assert space.size == 2 ** 4 * 2 ** 2 * 3
+    view = SelfDraftView(skip_attn=frozenset({1}), act_quant=((2, "int8"), (3, "int8")), head_quant="fp16")
+    assert space.decode(space.encode(view)) == view
+    with pytest.raises(DrafttrainError, match="quant_1='fp16' is invalid"):
+        space.decode({**space.encode(view), "quant_1": "fp16"})
+    with pytest.raises(DrafttrainError, match="no head choice"):
+        SearchSpace(4).encode(SelfDraftView(head_quant="int8"))
+    with pytest.raises(DrafttrainError, match="'none' included"):
+        SearchSpace(4, head_choices=("int8",))
+    with pytest.raises(DrafttrainError, match="head_choices"):
+        SearchSpace(4, head_choices=("none", "int4"))
 
 
 def test_config_validation():

@@ -242,3 +242,17 @@ def test_search_measured_single(tiny_target, tmp_path):
     assert json.loads(result.levels_path.read_text())["objective"] == "measured"
     with pytest.raises(DrafttrainError, match="workers > 1"):
         run_search(replace(config, workers=2), callbacks=[lambda study, trial: None])
+
+
+def test_precision_space_enqueues_the_int8_copy_and_keeps_its_choices(tiny_target, tmp_path):
+    config = tiny_config(tiny_target, tmp_path, quant_groups=1, head_choices=["none", "int8"])
+    study = open_study(config)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    int8 = [t for t in waiting if t.user_attrs["baseline"] == "int8"]
+    assert len(int8) == 1
+    assert int8[0].system_attrs["fixed_params"]["quant_0"] == "int8"
+    assert int8[0].system_attrs["fixed_params"]["head"] == "int8"
+    with pytest.raises(DrafttrainError, match="quant_choices"):
+        open_study(replace(config, quant_choices=["none", "int8"]))
+    with pytest.raises(DrafttrainError, match="head_choices"):
+        open_study(replace(config, head_choices=[]))
