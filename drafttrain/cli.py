@@ -115,7 +115,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     overrides = [f"out={json.dumps(str(args.out))}"]
     if args.target is not None:
-        overrides.append(f"target={json.dumps(str(args.target))}")
+        from drafttrain.pipeline.defaults import target_overrides
+
+        overrides += [f"target={json.dumps(str(args.target))}", *target_overrides(args.target)]
     if args.threads:
         overrides.append(f"threads={args.threads}")
     return pipeline(load_config(PipelineConfig, QUICKSTART, overrides + list(args.overrides)))
@@ -190,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick = verbs.add_parser("quickstart", help="the whole pipeline on the embedded default (about 5 minutes "
                              "on 2 CPU cores)", description="Pretrain a small target on this Python's standard "
                              "library (or use --target DIR), distill a draft, search self-draft levels, calibrate, "
-                             "export a bundle and evaluate it. Stages are cached: a second run reuses them.")
+                             "export a bundle and evaluate it. Stages are cached: a second run reuses them. With "
+                             "--target, the stages are sized for a pretrained model (drafttrain.pipeline.defaults: "
+                             "a draft cut from its first and last layers, int8/fp16 levels, shorter calibration; "
+                             "docs/benchmarks.md times it on SmolLM2-135M).")
     quick.add_argument("--target", type=Path, help="your target checkpoint directory (default: pretrain one)")
     quick.add_argument("--out", type=Path, default=Path("outputs/quickstart"), help="output directory "
                        "(default: outputs/quickstart)")

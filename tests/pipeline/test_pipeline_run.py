@@ -103,6 +103,21 @@ def test_the_embedded_quickstart_config_validates_every_stage():
     assert "dytc" in config.eval.build("eval", {"bundle": "b"}).methods
 
 
+def test_quickstart_on_a_users_target_scales_its_stages_to_it(tiny_target):
+    from drafttrain.pipeline.defaults import target_overrides
+
+    config = load_config(PipelineConfig, QUICKSTART, [f"target={tiny_target}", *target_overrides(tiny_target)])
+    distill = config.distill.build("distill", {"target": str(tiny_target)})
+    assert distill.student.from_target_layers == [0, 2]  # the tiny target's first and last of 3 layers
+    assert distill.loss == "tvd" and distill.data.target_generated > 0 and distill.vocab_subset == 300
+    search = config.search.build("search", {"target": str(tiny_target), "prompts": "p.jsonl"})
+    assert search.quant_groups == 3 and "int8" in search.head_choices
+    assert "hf-assisted" in config.eval.build("eval", {"bundle": "b"}).methods
+    overridden = load_config(PipelineConfig, QUICKSTART, [f"target={tiny_target}", *target_overrides(tiny_target),
+                                                          "search.set.trials=3"])
+    assert overridden.search.build("search", {"target": str(tiny_target), "prompts": "p.jsonl"}).trials == 3
+
+
 def test_a_bad_stage_setting_names_the_stage_and_key(tmp_path):
     with pytest.raises(DrafttrainError, match=r"stage distill: .*trainer\.max_stepz: unknown key"):
         load_config(PipelineConfig, QUICKSTART, ["distill.set={trainer.max_stepz: 3}"])
