@@ -36,7 +36,7 @@ def eval_runs_section(name: str, script: str, runs: list[tuple[list[str], Path]]
              "root).", ""]
     for args, out in runs:
         report = json.loads((out / "report.json").read_text())
-        table = report_markdown(report).split("| method", 1)[1]
+        table = report_markdown(report).split("| method", 1)[1].split("\n\n", 1)[0]  # the table, not the plots
         lines += ["```", f"drafttrain {shlex.join(args)}", "```", "", f"device: {report['device']}; "
-                  f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table]
+                  f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table, ""]
     return "\n".join(lines + [end])
