@@ -37,6 +37,7 @@ from drafttrain.drafters.vocab import (
 )
 from drafttrain.errors import DrafttrainError
 from drafttrain.runtime import load_model, load_tokenizer
+from drafttrain.runtime.loader import check_weights
 from drafttrain.training.batches import batch_rows
 from drafttrain.training.config import DistillConfig, DistillData
 from drafttrain.training.module import CausalLMTraining, continuation_mask
@@ -133,6 +134,7 @@ def main(config: DistillConfig) -> None:
 
     # 1. the target: its tokenizer is used everywhere; the teacher is frozen and never saved
     tokenizer = load_tokenizer(config.target)
+    check_weights(config.target)
     teacher = AutoModelForCausalLM.from_pretrained(str(config.target), dtype=torch.float32).eval().requires_grad_(False)
 
     # 2. data: packed corpus text, plus target-generated continuations when the mixture uses them

@@ -28,6 +28,7 @@ from drafttrain.errors import DrafttrainError
 from drafttrain.evaluation.methods import DTYPES
 from drafttrain.io import file_sha256, write_atomically
 from drafttrain.pipeline.cache import StageRecord, run_cached, stage_key
+from drafttrain.runtime.loader import check_weights
 from drafttrain.pipeline.config import PipelineConfig, PromptsConfig
 
 CONFIG = PipelineConfig
@@ -122,6 +123,7 @@ def main(config: PipelineConfig) -> int:
         target = stage(config, "pretrain", log, {}, records) / "model"
         target_key = records[-1].run
     else:
+        check_weights(config.target)  # a damaged checkpoint fails here, not in a stage's library call
         target, target_key = config.target, combined_sha256(_identity_hashes(config.target))
 
     # 2. calibration prompts (training text) and evaluation prompts (held-out text, or the given file)

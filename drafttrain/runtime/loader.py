@@ -103,6 +103,28 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
+def check_weights(path: str | Path) -> None:
+    """Refuse a checkpoint whose safetensors files are missing or cut short, before a library that
+    would fail on them with a raw error (transformers' `from_pretrained`) reads them: each file's
+    header must parse and its tensors' byte ranges must fit in the file. Reads only the headers."""
+    for file in _weight_files(Path(path)):
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as stream:
+                length = int.from_bytes(stream.read(8), "little")
+                if not 0 < length <= size - 8:
+                    raise ValueError(f"header length {length} does not fit in the file's {size} bytes")
+                header = json.loads(stream.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise DrafttrainError(f"{file} is damaged (not a readable safetensors file: {err}); copy or download "
+                                  "it again, or re-save the model with save_pretrained") from err
+        if 8 + length + end > size:
+            raise DrafttrainError(f"{file} is damaged (truncated: its tensors need {8 + length + end} bytes, the "
+                                  f"file has {size}); copy or download it again")
+
+
 def _hf_state(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:

@@ -208,3 +208,27 @@ def test_truncated_weights_exit_2_from_the_cli(ckpt, tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     assert code == 2
     assert "model.safetensors is damaged" in capsys.readouterr().err
+
+
+def test_check_weights_reads_headers_only_and_names_a_cut_file(ckpt):
+    from drafttrain.runtime.loader import check_weights
+
+    check_weights(ckpt)  # a whole checkpoint passes
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-10])
+    with pytest.raises(DrafttrainError, match=r"model\.safetensors is damaged \(truncated"):
+        check_weights(ckpt)
+    weights.write_bytes(b"\xff" * 16)
+    with pytest.raises(DrafttrainError, match=r"model\.safetensors is damaged"):
+        check_weights(ckpt)
+
+
+def test_quickstart_on_a_damaged_target_exits_2_before_any_stage(ckpt, tmp_path, capsys):
+    from drafttrain.cli import main
+
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["quickstart", "--target", str(ckpt), "--out", str(tmp_path / "qs")]) == 2
+    assert "model.safetensors is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "qs" / "prompts").exists()
