@@ -17,9 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchdoc import DOC, eval_runs_section, replace_section
-
-from drafttrain.cli import main as drafttrain_main
+from benchdoc import run_eval_section
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path("../shared/reference")  # relative to REPO, where the script runs
@@ -40,17 +38,10 @@ def main() -> int:
     parser.add_argument("--doc-only", action="store_true", help="only rebuild the doc from existing reports")
     options = parser.parse_args()
     os.chdir(REPO)
-    runs = []
-    for name, temperature in (("greedy", 0.0), ("sampling-t0.7", 0.7)):
-        out = options.out / name
-        args = eval_args(out, options.num_prompts, temperature)
-        if not options.doc_only and drafttrain_main(args) != 0:
-            return 1
-        runs.append((args, out))
-    replace_section("bench_reference", "Reference target on CPU (issue 2)",
-                    eval_runs_section("bench_reference", "scripts/bench_reference.py", runs))
-    print(f"updated {DOC}")
-    return 0
+    runs = [(eval_args(options.out / name, options.num_prompts, temperature), options.out / name)
+            for name, temperature in (("greedy", 0.0), ("sampling-t0.7", 0.7))]
+    return run_eval_section("bench_reference", "Reference target on CPU (issue 2)", "scripts/bench_reference.py",
+                            runs, options.doc_only)
 
 
 if __name__ == "__main__":

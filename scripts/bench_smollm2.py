@@ -19,10 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from benchdoc import DOC, eval_runs_section, replace_section
+from benchdoc import run_eval_section
 from reference_smollm2 import DEFAULT_OUT, ensure_reference
-
-from drafttrain.cli import main as drafttrain_main
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_SETS = {"code": Path("../shared/reference/prompts-dev.jsonl"), "chat": Path("configs/smollm2/prompts-chat.jsonl")}
@@ -45,18 +43,11 @@ def main() -> int:
     options = parser.parse_args()
     os.chdir(REPO)
     target = ensure_reference().relative_to(REPO) if not options.doc_only else DEFAULT_OUT.relative_to(REPO)
-    runs = []
-    for kind, prompts in PROMPT_SETS.items():
-        for name, temperature in (("greedy", 0.0), ("t0.7", 0.7)):
-            out = options.out / f"{kind}-{name}"
-            args = eval_args(target, prompts, out, options.num_prompts, temperature, options.k_self)
-            if not options.doc_only and drafttrain_main(args) != 0:
-                return 1
-            runs.append((args, out))
-    replace_section("bench_smollm2", "SmolLM2-135M-Instruct on CPU: code and chat (issue 33)",
-                    eval_runs_section("bench_smollm2", "scripts/bench_smollm2.py", runs))
-    print(f"updated {DOC}")
-    return 0
+    runs = [(eval_args(target, prompts, options.out / f"{kind}-{name}", options.num_prompts, temperature,
+                       options.k_self), options.out / f"{kind}-{name}")
+            for kind, prompts in PROMPT_SETS.items() for name, temperature in (("greedy", 0.0), ("t0.7", 0.7))]
+    return run_eval_section("bench_smollm2", "SmolLM2-135M-Instruct on CPU: code and chat (issue 33)",
+                            "scripts/bench_smollm2.py", runs, options.doc_only)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,16 @@ def eval_runs_section(name: str, script: str, runs: list[tuple[list[str], Path]]
         lines += ["```", f"drafttrain {shlex.join(args)}", "```", "", f"device: {report['device']}; "
                   f"prompts: {report['prompts']}; temperature: {report['temperature']}", "", "| method" + table, ""]
     return "\n".join(lines + [end])
+
+
+def run_eval_section(name: str, heading: str, script: str, runs: list[tuple[list[str], Path]],
+                     doc_only: bool = False) -> int:
+    """Run each `drafttrain eval` of `runs` (unless `doc_only`), then write their section; the exit status."""
+    from drafttrain.cli import main as drafttrain_main
+
+    for args, _ in runs:
+        if not doc_only and drafttrain_main(args) != 0:
+            return 1
+    replace_section(name, heading, eval_runs_section(name, script, runs))
+    print(f"updated {DOC}")
+    return 0
