@@ -156,3 +156,33 @@ def test_held_out_calibration_prompts_skip_the_given_evaluation_prompts_sources(
     held_out = calibration_sources("held_out")
     assert held_out and held_out <= set(documents) - set(cut_from)
     assert not calibration_sources("training") & set(documents)  # training text: never held-out files
+
+
+def test_the_smollm2_pipeline_is_the_quickstart_for_a_30_layer_target(tmp_path):
+    """configs/smollm2/pipeline.yaml spells out what `quickstart --target` runs on SmolLM2 (timed in
+    docs/benchmarks.md): every stage's config is the same."""
+    import dataclasses
+    import json as json_module
+
+    from drafttrain.config import config_class_for
+    from drafttrain.pipeline.defaults import target_overrides
+
+    target = tmp_path / "smollm2"
+    target.mkdir()
+    (target / "config.json").write_text(json_module.dumps({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "max_position_embeddings": 8192, "tie_word_embeddings": True}))
+    repo = Path(__file__).resolve().parents[2]
+    spelled = load_config(PipelineConfig, repo / "configs/smollm2/pipeline.yaml", [f"target={target}"])
+    quick = load_config(PipelineConfig, QUICKSTART, [f"target={target}", *target_overrides(target)])
+    assert spelled.prompts == quick.prompts
+    wiring = {"target": str(target), "prompts": "p.jsonl", "bundle": "b", "out": "o"}
+    for name in ("distill", "search", "calibrate", "export", "eval"):
+        fields = {field.name for field in dataclasses.fields(config_class_for(name))}
+        keys = {key: value for key, value in wiring.items() if key in fields}
+        ours = getattr(spelled, name).build(name, keys)
+        theirs = getattr(quick, name).build(name, keys)
+        if name == "search":
+            ours, theirs = dataclasses.replace(ours, study="x"), dataclasses.replace(theirs, study="x")
+        assert ours == theirs, name
