@@ -8,7 +8,7 @@ scale per token) or "fp16" (weight-only); `head_quant` does the same for the LM 
 
 Where reduced precision saves time: on CPU, int8 and fp16 layers and heads run fbgemm's prepacked
 linears (`drafttrain.runtime.cpu_quant`), which read a quarter or half of the float32 weights; on
-SmolLM2-135M (2 cores, one row) a view with every layer and the head in int8 costs about half a
+SmolLM2-135M (2 cores, one row) a view with every layer and the head in int8 costs 0.56 of a
 target forward (scripts/bench_cpu_quant.py). On CUDA an int8 layer runs W8A8 through the Triton
 int8 GEMM of `drafttrain.kernels.int8_linear` (the GPU figures are still to be measured) and fp16
 is computed with float16-rounded weights (same outputs as on CPU, no saving). int4 is fake

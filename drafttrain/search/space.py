@@ -11,7 +11,7 @@ turn a view into parameters and back, losslessly for every view in the space.
 target's weight bytes a decode forward of the view reads (the lm_head is always computed), an int8
 weight counting a quarter and an fp16 one half of a float32 one (`WEIGHT_BYTES`). int4 is fake
 quantization (it saves no time, see `drafttrain.runtime.views`), so it does not lower the estimate.
-Bytes are not time (on SmolLM2-135M's CPU the int8 blocks cost 0.44 of float32's, not 0.25:
+Bytes are not time (on SmolLM2-135M's CPU the int8 blocks cost 0.38 of float32's, not 0.25:
 scripts/bench_cpu_quant.py); the objectives time each view.
 """
 
