@@ -57,7 +57,7 @@ def method(name: str, about: str, needs: tuple[str, ...] = (), engine: bool = Tr
     return register
 
 
-TUNING_CONTEXT = 256  # cached tokens the row kernels are timed after (`tune_row_kernels`)
+TUNING_CONTEXT = 256  # cached tokens the row kernels are timed after (`tune_row_kernels`), where they fit
 
 
 class EvalContext:
@@ -81,8 +81,9 @@ class EvalContext:
         if self.latency is None and self.config.tune_row_kernels:
             from drafttrain.calibration.latency import model_forward_call, tune_row_kernels
 
-            tune_row_kernels(model, model_forward_call(model), range(1, self.config.tune_row_kernels + 1),
-                             TUNING_CONTEXT)
+            largest = self.config.tune_row_kernels
+            context = max(0, min(TUNING_CONTEXT, model.args.max_position_embeddings - largest))
+            tune_row_kernels(model, model_forward_call(model), range(1, largest + 1), context)
         return model
 
     @cached_property

@@ -88,6 +88,8 @@ def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tenso
     layer: on CUDA through the Triton int8 GEMM (`drafttrain.kernels`), on CPU through fbgemm
     (`drafttrain.runtime.cpu_quant`), as does an fp16 (weight-only) view. Elsewhere, and for int4,
     the activations are fake-quantized and the weight stays in floating point."""
+    if quant is None:  # the target's own projection: the hot path, no precision checks
+        return project(x, layer)
     if quant == "int8" and kernels_enabled(x.device):
         from drafttrain.kernels.int8_linear import int8_linear, quantize_weight
 
@@ -99,7 +101,7 @@ def _linear(x: torch.Tensor, layer: nn.Linear, quant: str | None) -> torch.Tenso
         return quant_linear(x, layer, quant)
     if quant == "fp16":  # no fbgemm here: the same rounding of the weights, without the saving
         return F.linear(x, rounded_fp16(layer), layer.bias)
-    return project(fake_quant(x, quant) if quant else x, layer)
+    return project(fake_quant(x, quant), layer)
 
 
 class Attention(nn.Module):
