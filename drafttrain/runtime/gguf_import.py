@@ -77,9 +77,8 @@ def import_gguf(path: str | Path, out: str | Path, dtype: str = "float32", overw
         raise DrafttrainError(f"{out} already exists; remove it or pass --overwrite")
     source = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
     config = AutoConfig.from_pretrained(**source)
-    for key in ("quantization_config",):  # transformers records the GGUF source here; the weights are float
-        if hasattr(config, key):
-            delattr(config, key)
+    if hasattr(config, "quantization_config"):  # transformers records the GGUF source here; the weights are float
+        delattr(config, "quantization_config")
     gguf_model = AutoModelForCausalLM.from_pretrained(**source, dtype=getattr(torch, dtype))
     state = gguf_model.state_dict()
     del gguf_model
