@@ -68,17 +68,16 @@ def generate(config: GenerateConfig, out: TextIO | None = None, err: TextIO | No
     sampling = SamplingParams(config.temperature, config.top_k, config.top_p)
     records = []
     for index, prompt in enumerate(prompts):
-        prompt_id, text = prompt.id, prompt.text
         generation = GenerationConfig(config.max_new_tokens, sampling, scheduler.shape,
                                       eos_token_ids(config.target, tokenizer), seed=config.seed + index)
         if config.prompts is not None:
-            out.write(f"==> {prompt_id} <==\n")
+            out.write(f"==> {prompt.id} <==\n")
         stream = TextStream(tokenizer, out)
         result = decoder.generate(prompt.token_ids(tokenizer), scheduler.drafter, generation, on_tokens=stream)
-        records.append({"id": prompt_id, "prompt": text, "completion": stream.finish(), "tokens": result.tokens})
+        records.append({"id": prompt.id, "prompt": prompt.text, "completion": stream.finish(), "tokens": result.tokens})
         if config.stats:
             stats = result.stats
-            print(f"[{prompt_id}] {stats.new_tokens} tokens in {stats.total_seconds:.2f} s "
+            print(f"[{prompt.id}] {stats.new_tokens} tokens in {stats.total_seconds:.2f} s "
                   f"({stats.new_tokens / max(stats.total_seconds, 1e-9):.1f} tokens/s), "
                   f"{stats.mean_accepted_tokens:.2f} tokens per target forward, scheduler {bundle.scheduler.name}",
                   file=err)

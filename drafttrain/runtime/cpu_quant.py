@@ -14,7 +14,8 @@ prepacked linears were measured faster, so they are what the views run:
   keeps decoding exact).
 - `fp16`: `quantized.linear_dynamic_fp16`, weights stored in float16, activations in float32.
 
-Each packed copy lives on its `nn.Linear` (attribute `QUANT_COPY[kind]`), made once by `prepare`.
+Each packed copy lives on its `nn.Linear` (attribute `QUANT_COPY[kind]`), made on first use by
+`quant_linear`.
 On CUDA these are not used (the int8 view runs the Triton W8A8 GEMM of `drafttrain.kernels`).
 """
 
@@ -29,12 +30,18 @@ from torch import nn
 
 CPU_WEIGHT_KINDS = ("int8", "fp16")
 QUANT_COPY = {"int8": "fbgemm_int8_weight", "fp16": "fbgemm_fp16_weight"}
+ROW_LOOP_LIMIT = 8  # int8 calls of up to this many rows run fbgemm once per row (`quant_linear`)
 
 
 @functools.cache
 def fbgemm_available() -> bool:
     """Whether this PyTorch build has fbgemm's quantized linears (x86 builds do)."""
     return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def int8_weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """[out] per-output-channel scale of the symmetric int8 weight (max |w| maps to 127)."""
+    return (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
 
 
 def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
@@ -45,7 +52,7 @@ def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, kind: str):
         return torch.ops.quantized.linear_prepack_fp16(weight, bias)
     if kind != "int8":
         raise ValueError(f"unknown CPU weight kind {kind!r}: use one of {CPU_WEIGHT_KINDS}")
-    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    scale = int8_weight_scale(weight).double()
     zero = torch.zeros(weight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm's packing still takes them
         warnings.simplefilter("ignore")
@@ -79,16 +86,13 @@ def quant_linear(x: torch.Tensor, layer: nn.Linear, kind: str) -> torch.Tensor:
     return int8_rows_reference(x, layer)
 
 
-ROW_LOOP_LIMIT = 8
-
-
 def int8_rows_reference(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """fbgemm's int8 product with each row's activations quantized on its own, in float32: 7-bit
     asymmetric activations over [min(row, 0), max(row, 0)] times the per-channel int8 weight."""
     dequantized = layer.__dict__.get("int8_dequantized_weight")
     if dequantized is None:
         weight = layer.weight.detach().float()
-        scale = (weight.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
+        scale = int8_weight_scale(weight)[:, None]
         dequantized = layer.__dict__["int8_dequantized_weight"] = (weight / scale).round().clamp(-127, 127) * scale
     low, high = x.amin(dim=1, keepdim=True).clamp(max=0), x.amax(dim=1, keepdim=True).clamp(min=0)
     scale = ((high - low) / 127.0).clamp(min=1e-12)

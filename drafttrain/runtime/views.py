@@ -2,7 +2,7 @@
 
 A `SelfDraftView` is switched on per forward call. Skipped attention and MLP sublayers are left
 out of the residual stream. `act_quant` gives layers a reduced precision: "int8" (W8A8: weights
-per output channel, activations per call), "int4" (activations fake-quantized, symmetric, one
+per output channel, each row's activations on its own), "int4" (activations fake-quantized, symmetric, one
 scale per token) or "fp16" (weight-only); `head_quant` does the same for the LM head ("int8" or
 "fp16").
 

@@ -162,9 +162,10 @@ def open_study(config: SearchConfig, *, space: SearchSpace | None = None, worker
     study = optuna.create_study(storage=storage, sampler=make_sampler(config.sampler, seed),
                                 pruner=pruner, study_name=config.study, directions=directions,
                                 load_if_exists=True)
+    # the parameters' choices are part of the settings too: a resumed study keeps them
     settings = {"objective": config.objective, "num_layers": space.num_layers,
-                "keep_first_last": space.keep_first_last, "quant_groups": space.quant_groups, "k": config.k}
-    settings["head_choices"] = list(space.head_choices)  # the parameters' choices: a resumed study keeps them
+                "keep_first_last": space.keep_first_last, "quant_groups": space.quant_groups, "k": config.k,
+                "head_choices": list(space.head_choices)}
     if space.quant_groups:
         settings["quant_choices"] = list(space.quant_choices)
     if new:
@@ -194,8 +195,9 @@ def enqueue_baseline_trials(study: optuna.Study, space: SearchSpace, ratios: Seq
     every layer and the head in int8 (`reduced_precision`), without duplicates."""
     seen: list[dict] = []
     views = [("none", SelfDraftView())] + [(f"evenly_spread:{r}", space.evenly_spread(r)) for r in ratios]
-    if space.reduced_precision("int8") is not None:
-        views.append(("int8", space.reduced_precision("int8")))
+    int8 = space.reduced_precision("int8")
+    if int8 is not None:
+        views.append(("int8", int8))
     for label, view in views:
         params = space.encode(view)
         if params in seen:
